@@ -1,0 +1,1 @@
+"""The `maedet-deploy` command line: thin typer commands over the library."""

@@ -1,0 +1,37 @@
+"""What every command shares: the console, JSON printing, option parsing helpers."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+from rich.console import Console
+
+from ..errors import MaedetError
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def print_json(data: Any) -> None:
+    """Plain JSON on stdout (no rich markup), so it pipes into jq."""
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def parse_image_size(text: str) -> int | tuple[int, int]:
+    """`480` or `480x640` (height x width)."""
+    try:
+        parts = [int(p) for p in text.lower().split("x")]
+    except ValueError:
+        raise MaedetError(f"image size must look like 480 or 480x640, got {text!r}") from None
+    if len(parts) not in (1, 2) or min(parts) < 1:
+        raise MaedetError(f"image size must look like 480 or 480x640, got {text!r}")
+    return parts[0] if len(parts) == 1 else (parts[0], parts[1])
+
+
+def human(number: float) -> str:
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(number) >= scale:
+            return f"{number / scale:.2f}{unit}"
+    return f"{number:g}"

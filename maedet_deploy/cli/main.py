@@ -1,0 +1,35 @@
+"""Entry point: registers the commands and turns user errors into one line + exit 2."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from ..errors import MaedetError
+from . import structure_cmds
+from .common import err_console
+
+app = typer.Typer(
+    name="maedet-deploy",
+    help="Design detection backbones for a latency budget (MAE-DET zero-shot search) and ship them "
+         "as ONNX Runtime / TensorRT engines.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.command()(structure_cmds.info)
+app.command()(structure_cmds.zoo)
+
+
+def run() -> None:
+    """Console entry: click handles usage errors (exit 2); ours get one line, exit 2."""
+    try:
+        app()
+    except MaedetError as exc:
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,1 @@
+"""Zero-shot search: the entropy score, the space, budgets and the evolution."""
