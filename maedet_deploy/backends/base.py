@@ -1,0 +1,45 @@
+"""One small interface for every inference backend (Polygraphy's runner idea).
+
+A `Runner` holds a loaded model, declares its inputs and outputs, and runs a
+feed dict of numpy arrays. `bench` and `compare` accept any runner, so a new
+backend only implements this.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping, Protocol, runtime_checkable
+
+import numpy as np
+
+Dim = int | str | None
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """A model input or output: dynamic dims are a name (str) or None."""
+
+    name: str
+    shape: tuple[Dim, ...]
+    dtype: np.dtype
+
+    @property
+    def is_dynamic(self) -> bool:
+        return any(not isinstance(d, int) or d < 0 for d in self.shape)
+
+
+@runtime_checkable
+class Runner(Protocol):
+    backend: str
+
+    @property
+    def inputs(self) -> list[TensorSpec]: ...
+
+    @property
+    def outputs(self) -> list[TensorSpec]: ...
+
+    def infer(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run once; returns host arrays keyed by output name."""
+        ...
+
+    def close(self) -> None: ...
