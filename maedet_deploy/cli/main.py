@@ -7,7 +7,7 @@ import sys
 import typer
 
 from ..errors import MaedetError
-from . import structure_cmds
+from . import search_cmd, structure_cmds
 from .common import err_console
 
 app = typer.Typer(
@@ -20,6 +20,7 @@ app = typer.Typer(
 )
 app.command()(structure_cmds.info)
 app.command()(structure_cmds.zoo)
+app.command()(search_cmd.search)
 
 
 def run() -> None:

@@ -1,0 +1,122 @@
+"""Torch modules for the four block types of a structure.
+
+Each block type registers a builder (timm's idea: a registry, no if/else over
+names). The layer arithmetic lives in `structure.cost`; these modules hold
+exactly the convs, BNs, pools and projections it counts, so the analytic
+parameter count equals `sum(p.numel())` (tested).
+
+Every residual unit is `relu(body(x) + shortcut(x))`: `body` is the main path
+(an `nn.Sequential` of `ConvBN`), `shortcut` an identity, a 2x2 average pool
+and/or a 1x1 conv+BN projection. Keeping the main path in one `body` lets
+`models.entropy` walk exactly the convs the score counts. The last conv of a
+body has no ReLU; for the inverted-residual unit (K1DWK1) the ReLU after the
+add is kept too, so all three types end the same way (the reference counts
+that ReLU in its FLOPs as well).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+from ..structure import K1DWK1, K1KXK1, KXKX, STEM, Block
+
+
+class ConvBN(nn.Sequential):
+    """Bias-free KxK conv, BN, optional ReLU; padding (k-1)//2 so stride 2 gives ceil(h/2)."""
+
+    def __init__(self, cin: int, cout: int, kernel: int, stride: int = 1, groups: int = 1,
+                 relu: bool = True) -> None:
+        layers = [nn.Conv2d(cin, cout, kernel, stride, (kernel - 1) // 2, groups=groups, bias=False),
+                  nn.BatchNorm2d(cout)]
+        if relu:
+            layers.append(nn.ReLU(inplace=True))
+        super().__init__(*layers)
+
+    @property
+    def conv(self) -> nn.Conv2d:
+        return self[0]
+
+
+class ResidualUnit(nn.Module):
+    """`relu(body(x) + shortcut(x))`."""
+
+    def __init__(self, body: nn.Sequential, shortcut: nn.Module) -> None:
+        super().__init__()
+        self.body = body
+        self.shortcut = shortcut
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.relu(self.body(x) + self.shortcut(x))
+
+
+def _shortcut(cin: int, cout: int, stride: int, project: bool) -> nn.Module:
+    """Average pool for stride 2 (ceil_mode: odd sizes match the conv's ceil(h/2);
+    count_include_pad=False so ONNX Runtime divides the clipped border windows the
+    same way PyTorch does), then a 1x1 conv+BN projection when asked."""
+    layers: list[nn.Module] = []
+    if stride == 2:
+        layers.append(nn.AvgPool2d(2, 2, ceil_mode=True, count_include_pad=False))
+    if project:
+        layers.append(ConvBN(cin, cout, 1, relu=False))
+    if not layers:
+        return nn.Identity()
+    return layers[0] if len(layers) == 1 else nn.Sequential(*layers)
+
+
+UnitBuilder = Callable[[int, int, int, int, int, bool], ResidualUnit]
+_UNITS: dict[str, UnitBuilder] = {}
+
+
+def register_unit(kind: str) -> Callable[[UnitBuilder], UnitBuilder]:
+    def add(builder: UnitBuilder) -> UnitBuilder:
+        _UNITS[kind] = builder
+        return builder
+    return add
+
+
+@register_unit(K1KXK1)
+def bottleneck_unit(cin: int, cout: int, btn: int, k: int, stride: int, first: bool) -> ResidualUnit:
+    """1x1 in->btn, KxK btn->btn carrying the stride, 1x1 btn->out; unit 0 always projects."""
+    body = nn.Sequential(ConvBN(cin, btn, 1), ConvBN(btn, btn, k, stride), ConvBN(btn, cout, 1, relu=False))
+    return ResidualUnit(body, _shortcut(cin, cout, stride, project=first))
+
+
+@register_unit(KXKX)
+def basic_unit(cin: int, cout: int, btn: int, k: int, stride: int, first: bool) -> ResidualUnit:
+    """KxK in->btn at stride 1, KxK btn->out carrying the stride."""
+    body = nn.Sequential(ConvBN(cin, btn, k), ConvBN(btn, cout, k, stride, relu=False))
+    return ResidualUnit(body, _shortcut(cin, cout, stride, project=cin != cout))
+
+
+@register_unit(K1DWK1)
+def inverted_unit(cin: int, cout: int, btn: int, k: int, stride: int, first: bool) -> ResidualUnit:
+    """1x1 expand in->btn, KxK depthwise carrying the stride, linear 1x1 project btn->out."""
+    body = nn.Sequential(ConvBN(cin, btn, 1), ConvBN(btn, btn, k, stride, groups=btn),
+                         ConvBN(btn, cout, 1, relu=False))
+    return ResidualUnit(body, _shortcut(cin, cout, stride, project=cin != cout))
+
+
+def build_block(block: Block) -> nn.Module:
+    """The stem is one ConvBN; a super block is L units, unit 0 maps in->out with the stride."""
+    if block.kind == STEM:
+        return ConvBN(block.cin, block.cout, block.kernel, block.stride)
+    unit = _UNITS[block.kind]
+    units = [unit(block.cin, block.cout, block.btn, block.kernel, block.stride, True)]
+    units += [unit(block.cout, block.cout, block.btn, block.kernel, 1, False) for _ in range(block.depth - 1)]
+    return nn.Sequential(*units)
+
+
+def init_weights(module: nn.Module) -> None:
+    """Kaiming (fan-out, ReLU) convs, BN as identity: the usual ResNet start."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)

@@ -1,0 +1,76 @@
+"""What a search leaves in its --out folder, every file written atomically."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Sequence
+
+from ..atomic import atomic_path, write_text
+from ..structure import compute_cost, structure_to_json, structure_to_reference_text
+from .budgets import Budget
+from .evolution import SearchState, candidates_per_second
+
+
+def budget_usage(budgets: Sequence[Budget], state: SearchState) -> list[dict[str, Any]]:
+    best = state.population.best()
+    cost = compute_cost(best.structure, state.settings.image_size)
+    rows = []
+    for budget in budgets:
+        used = budget.usage(best.structure, cost)
+        rows.append({"name": budget.name, "limit": budget.limit, "used": used, "unit": budget.unit,
+                     "fraction": used / budget.limit})
+    return rows
+
+
+def search_report(state: SearchState, budgets: Sequence[Budget], extra: dict | None = None) -> dict[str, Any]:
+    best = state.population.best()
+    return {
+        "settings": state.settings.to_dict(),
+        "init": state.init.to_dicts(),
+        "best": best.to_dict(),
+        "budgets": budget_usage(budgets, state),
+        "candidates": state.counters.candidates,
+        "counters": asdict(state.counters),
+        "candidates_per_second": candidates_per_second(state),
+        "wall_seconds": state.counters.seconds,
+        "improvements": len(state.improvements),
+        **(extra or {}),
+    }
+
+
+def write_outputs(out: Path, state: SearchState, budgets: Sequence[Budget], top_k: int,
+                  extra: dict | None = None) -> dict[str, Any]:
+    out = Path(out)
+    best = state.population.best()
+    write_text(out / "best_structure.json", structure_to_json(best.structure, name="search-best", score=best.score,
+                                                              params=best.params, flops=best.flops,
+                                                              layers=best.layers))
+    write_text(out / "best_structure.txt", structure_to_reference_text(best.structure))
+    top = [{"rank": rank, **member.to_dict()} for rank, member in enumerate(state.population.top(top_k), 1)]
+    write_text(out / "top_k.json", json.dumps(top, indent=1) + "\n")
+    write_text(out / "search.jsonl", "".join(json.dumps(item) + "\n" for item in state.improvements))
+    report = search_report(state, budgets, extra)
+    write_text(out / "report.json", json.dumps(report, indent=2) + "\n")
+    plot_progress(out / "progress.png", state)
+    return report
+
+
+def plot_progress(path: Path, state: SearchState) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    xs = [item["candidates"] for item in state.improvements] + [state.counters.candidates]
+    ys = [item["score"] for item in state.improvements] + [state.improvements[-1]["score"]]
+    figure, axis = plt.subplots(figsize=(6, 3.5), dpi=120)
+    axis.step(xs, ys, where="post")
+    axis.set_xlabel("candidates evaluated")
+    axis.set_ylabel("best entropy score")
+    axis.set_title(f"search progress (seed {state.settings.seed})")
+    axis.grid(alpha=0.3)
+    figure.tight_layout()
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png")
+    plt.close(figure)
