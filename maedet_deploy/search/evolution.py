@@ -21,7 +21,7 @@ from typing import Callable, Sequence
 
 from ..atomic import write_text
 from ..errors import MaedetError
-from ..structure import Structure, compute_cost
+from ..structure import Block, Structure, compute_cost
 from .budgets import Budget, check_seed, first_violation
 from .population import Member, Population
 from .score import check_alpha, entropy_score
@@ -80,12 +80,14 @@ class SearchState:
 
 @dataclass(frozen=True)
 class Evaluated:
+    """A candidate that may enter the population; `position` is its order in the shard."""
+
     structure: Structure
-    score: float | None
+    score: float
     params: int
     flops: int
     layers: int
-    rejected: str | None
+    position: int
 
 
 class Evaluator:
@@ -99,19 +101,27 @@ class Evaluator:
                                None if layer_limit is None else int(layer_limit))
 
     def shard(self, parents: Sequence[Structure], known: frozenset | set, rng_seed: int, count: int,
-              fine: bool) -> list[Evaluated]:
+              fine: bool, floor: float) -> tuple[list[Evaluated], dict[str, int]]:
+        """Make `count` candidates; return those scoring above `floor` (the full
+        population's worst, which only rises during a batch, so nothing else can
+        enter) in order, and counts of the rest by reason."""
         rng = random.Random(rng_seed)
-        out = []
+        kept: list[Evaluated] = []
+        dropped: dict[str, int] = {}
         for _ in range(count):
             child = self.mutator.mutate(parents[rng.randrange(len(parents))], rng, fine)
-            if child.key() in known:
-                out.append(Evaluated(child, None, 0, 0, child.layers, "duplicate"))
-                continue
-            cost = compute_cost(child, self.settings.image_size)
-            violation = first_violation(self.budgets, child, cost)
-            score = None if violation else entropy_score(child, self.settings.alpha)
-            out.append(Evaluated(child, score, cost.params, cost.flops, cost.layers, violation))
-        return out
+            reason = "duplicate" if child.key() in known else None
+            if reason is None:
+                cost = compute_cost(child, self.settings.image_size)
+                reason = first_violation(self.budgets, child, cost)
+            if reason is None:
+                score = entropy_score(child, self.settings.alpha)
+                if score > floor:
+                    kept.append(Evaluated(child, score, cost.params, cost.flops, cost.layers, len(kept) + sum(dropped.values())))
+                    continue
+                reason = "below_population"
+            dropped[reason] = dropped.get(reason, 0) + 1
+        return kept, dropped
 
 
 def _shard_seed(seed: int, batch_index: int, shard: int) -> int:
@@ -162,36 +172,41 @@ def run_search(state: SearchState, budgets: Sequence[Budget], workers: int = 1,
 def _run_batch(state: SearchState, evaluator: Evaluator, pool: ProcessPoolExecutor | None) -> None:
     settings = state.settings
     counters = state.counters
+    population = state.population
     count = min(settings.batch, settings.iterations - counters.candidates)
     fine = counters.candidates >= settings.fine_after * settings.iterations
-    parents = [m.structure for m in state.population.members]
-    known = frozenset(m.structure.key() for m in state.population.members)
+    floor = population.worst_score() if len(population) >= population.capacity else -math.inf
     sizes = [count // settings.shards + (1 if s < count % settings.shards else 0) for s in range(settings.shards)]
     seeds = [_shard_seed(settings.seed, state.batch_index, s) for s in range(settings.shards)]
     if pool is None:
-        shards = [evaluator.shard(parents, known, seed, size, fine) for seed, size in zip(seeds, sizes) if size]
+        parents = [m.structure for m in population.members]
+        known = frozenset(m.structure.key() for m in population.members)
+        shards = [evaluator.shard(parents, known, seed, size, fine, floor) for seed, size in zip(seeds, sizes) if size]
     else:
-        futures = [pool.submit(_worker_shard, parents, known, seed, size, fine)
-                   for seed, size in zip(seeds, sizes) if size]
+        keys = [m.structure.key() for m in population.members]
+        futures = [pool.submit(_worker_shard, keys, seed, size, fine, floor) for seed, size in zip(seeds, sizes) if size]
         shards = [f.result() for f in futures]
-    best_before = state.population.best().score
-    for results in shards:
-        for item in results:
-            counters.candidates += 1
-            if item.rejected == "duplicate":
-                counters.duplicates += 1
-                continue
-            if item.rejected:
-                counters.over_budget[item.rejected] = counters.over_budget.get(item.rejected, 0) + 1
-                continue
+    best_before = population.best().score
+    done = counters.candidates
+    for kept, dropped in shards:
+        for reason, number in dropped.items():
+            if reason == "duplicate":
+                counters.duplicates += number
+            elif reason == "below_population":
+                counters.scored += number
+            else:
+                counters.over_budget[reason] = counters.over_budget.get(reason, 0) + number
+        for item in kept:
             counters.scored += 1
             member = Member(item.score, state.next_seq, item.structure, item.params, item.flops, item.layers)
             state.next_seq += 1
-            if state.population.offer(member):
+            if population.offer(member):
                 counters.accepted += 1
                 if member.score > best_before:
                     best_before = member.score
-                    state.improvements.append({"candidates": counters.candidates, **member.to_dict()})
+                    state.improvements.append({"candidates": done + item.position + 1, **member.to_dict()})
+        done += len(kept) + sum(dropped.values())
+    counters.candidates = done
     state.batch_index += 1
 
 
@@ -203,8 +218,20 @@ def _init_worker(evaluator: Evaluator) -> None:
     _WORKER = evaluator
 
 
-def _worker_shard(parents, known, seed, size, fine):
-    return _WORKER.shard(parents, known, seed, size, fine)
+_PARENTS: dict[tuple, Structure] = {}
+
+
+def _worker_shard(keys: list[tuple], seed: int, size: int, fine: bool, floor: float):
+    """Parents arrive as keys (cheap to send) and are rebuilt once per worker."""
+    if len(_PARENTS) > 20_000:
+        _PARENTS.clear()
+    parents = []
+    for key in keys:
+        structure = _PARENTS.get(key)
+        if structure is None:
+            structure = _PARENTS[key] = Structure(tuple(Block(*fields) for fields in key))
+        parents.append(structure)
+    return _WORKER.shard(parents, frozenset(keys), seed, size, fine, floor)
 
 
 def save_checkpoint(directory: Path, state: SearchState) -> None:

@@ -69,6 +69,9 @@ class Population:
             self.members[position] = last
             self._position[last.structure.key()] = position
 
+    def worst_score(self) -> float:
+        return self._heap[0][0]
+
     def best(self) -> Member:
         return max(self.members, key=lambda m: (m.score, -m.seq))
 
