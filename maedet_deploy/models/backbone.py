@@ -17,10 +17,11 @@ from torch import nn
 from ..errors import MaedetError
 from ..structure import Structure, stage_ends
 from ..zoo import resolve_structure
-from .blocks import build_block, init_weights
+from .blocks import build_block, calibrate_batchnorm, init_weights
 from .checkpoint import load_weights
 
 DEFAULT_OUT_INDICES = (2, 3, 4)
+CALIBRATION_SIZE = 256  # BN statistics barely depend on resolution; keep the one pass cheap
 
 
 def _check_out_indices(out_indices: Sequence[int], stages: int) -> tuple[int, ...]:
@@ -37,6 +38,7 @@ class Backbone(nn.Module):
     def __init__(self, structure: Structure, out_indices: Sequence[int] = DEFAULT_OUT_INDICES) -> None:
         super().__init__()
         self.structure = structure
+        self.in_channels = structure.blocks[0].cin
         ends = stage_ends(structure)
         self.out_indices = _check_out_indices(out_indices, len(ends))
         self.blocks = nn.ModuleList(build_block(block) for block in structure.blocks)
@@ -69,9 +71,11 @@ def from_structure(structure: Structure, out_indices: Sequence[int] = DEFAULT_OU
 def create_backbone(spec: str | os.PathLike | Structure, out_indices: Sequence[int] = DEFAULT_OUT_INDICES,
                     pretrained_checkpoint: str | os.PathLike | None = None) -> Backbone:
     """The one entry point: a zoo name, a structure file or a Structure; weights
-    from a backbone checkpoint or a detector's (its 'backbone.' keys)."""
+    from a backbone checkpoint or a detector's (its 'backbone.' keys). Without
+    one, BN statistics are calibrated so random weights behave like trained ones."""
     structure = resolve_structure(spec)
     backbone = Backbone(structure, out_indices)
-    if pretrained_checkpoint is not None:
-        load_weights(backbone, pretrained_checkpoint, prefix="backbone.")
-    return backbone
+    if pretrained_checkpoint is None:
+        return calibrate_batchnorm(backbone, backbone.in_channels, CALIBRATION_SIZE)
+    load_weights(backbone, pretrained_checkpoint, prefix="backbone.")
+    return backbone.eval()
