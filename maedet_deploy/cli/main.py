@@ -8,6 +8,7 @@ import typer
 
 from ..errors import MaedetError
 from . import search_cmd, structure_cmds
+from . import export_cmd
 from .common import err_console
 
 app = typer.Typer(
@@ -21,6 +22,7 @@ app = typer.Typer(
 app.command()(structure_cmds.info)
 app.command()(structure_cmds.zoo)
 app.command()(search_cmd.search)
+app.command()(export_cmd.export)
 
 
 def run() -> None:

@@ -1,0 +1,253 @@
+"""PyTorch -> ONNX, checked, simplified and verified against PyTorch.
+
+Exporter choice: torch 2.9+ defaults `torch.onnx.export` to the dynamo
+(torch.export) exporter, which needs the extra `onnxscript` package and takes
+seconds per network. The TorchScript exporter (`dynamo=False`) is still shipped
+in torch 2.14 (with a DeprecationWarning), needs nothing else, exports these
+convolutional nets in well under a second, folds BN into the convs in eval mode,
+and supports `symbolic` on autograd Functions, which is how the standard
+NonMaxSuppression op goes in. It supports opsets up to 20.
+
+Verification runs the written file in ONNX Runtime (through `backends`) and
+PyTorch on the same random input. With NMS in the graph, two checks keep it
+free of threshold ties: the network's raw boxes and scores (the NMS node's
+inputs, exposed as extra outputs) against PyTorch's, and the post-processing
+against PyTorch's applied to ONNX Runtime's own raw tensors.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import time
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+
+from ..atomic import atomic_path
+from ..backends import load_runner
+from ..errors import MaedetError
+from ..models import Backbone, Detector
+from ..structure import Structure, stage_ends
+from ..structure.cost import ImageSize, as_hw
+from .nms import OUTPUT_NAMES, EndToEnd, postprocess
+
+MIN_OPSET, MAX_OPSET = 17, 20
+SCOPES = ("backbone", "detector")
+
+
+@dataclass
+class ExportReport:
+    path: str
+    seconds: float
+    opset: int
+    inputs: dict[str, list[int | str]]
+    outputs: dict[str, list[int | str]]
+    size_bytes: int
+    nms: bool
+    simplified: bool
+    max_abs_error: float | None = None
+    max_rel_error: float | None = None  # |ort - torch| / max(1, |torch|), what `tolerance` bounds
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _dims(value_info: onnx.ValueInfoProto) -> list[int | str]:
+    """Static dims as ints, named dynamic dims as their names, unknown ones as '?'."""
+    return [d.dim_param if d.dim_param else d.dim_value if d.HasField("dim_value") else "?"
+            for d in value_info.type.tensor_type.shape.dim]
+
+
+def _trace_to_onnx(module: nn.Module, example: torch.Tensor, output_names: Sequence[str],
+                   dynamic_axes: dict[str, dict[int, str]], opset: int) -> onnx.ModelProto:
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the exporter's deprecation and tracer notices
+        with torch.no_grad():
+            torch.onnx.export(module, (example,), buffer, dynamo=False, opset_version=opset,
+                              input_names=["images"], output_names=list(output_names),
+                              dynamic_axes=dynamic_axes or None, do_constant_folding=True)
+    return onnx.load_from_string(buffer.getvalue())
+
+
+def _dynamic_axes(output_names: Sequence[str], dynamic_batch: bool, dynamic_size: bool,
+                  nms: bool) -> dict[str, dict[int, str]]:
+    axes: dict[str, dict[int, str]] = {}
+    images = ({0: "batch"} if dynamic_batch else {}) | ({2: "height", 3: "width"} if dynamic_size else {})
+    if images:
+        axes["images"] = images
+    for name in output_names:
+        out = ({0: "batch"} if dynamic_batch else {}) | ({1: "anchors"} if dynamic_size and not nms else {})
+        if out:
+            axes[name] = out
+    return axes
+
+
+def _simplify(model: onnx.ModelProto) -> onnx.ModelProto:
+    import onnxslim
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return onnxslim.slim(model)
+
+
+def _check_options(opset: int, batch: int, score_threshold: float, iou_threshold: float,
+                   max_detections: int) -> None:
+    if not MIN_OPSET <= opset <= MAX_OPSET:
+        raise MaedetError(f"opset {opset} is not supported: choose {MIN_OPSET}..{MAX_OPSET} "
+                          "(NonMaxSuppression and the TorchScript exporter's range)")
+    if batch < 1:
+        raise MaedetError(f"batch must be >= 1, got {batch}")
+    if not 0 <= score_threshold < 1:
+        raise MaedetError(f"score threshold must be in [0, 1), got {score_threshold}")
+    if not 0 < iou_threshold <= 1:
+        raise MaedetError(f"IoU threshold must be in (0, 1], got {iou_threshold}")
+    if max_detections < 1:
+        raise MaedetError(f"max detections must be >= 1, got {max_detections}")
+
+
+@dataclass
+class _Errors:
+    """Largest |ort - torch|, and the same divided by max(1, |torch|): absolute for
+    scores, relative for pixel boxes (fp32 noise grows with the coordinate)."""
+
+    abs: float = 0.0
+    scaled: float = 0.0
+
+    def add(self, name: str, got: np.ndarray, want: np.ndarray) -> None:
+        if got.shape != want.shape:
+            raise MaedetError(f"verification: {name} has shape {got.shape} in ONNX Runtime, "
+                              f"{want.shape} in PyTorch")
+        if got.size:
+            want = want.astype(np.float64)
+            diff = np.abs(got.astype(np.float64) - want)
+            self.abs = max(self.abs, float(diff.max()))
+            self.scaled = max(self.scaled, float((diff / np.maximum(1.0, np.abs(want))).max()))
+
+
+def _verify(graph: onnx.ModelProto, example: torch.Tensor, raw: tuple[torch.Tensor, torch.Tensor],
+            nms: EndToEnd | None) -> _Errors:
+    """Run the graph in ONNX Runtime and compare with PyTorch's raw outputs `raw`."""
+    errors = _Errors()
+    feed = {"images": example.numpy()}
+    if nms is None:
+        got = load_runner(graph.SerializeToString()).infer(feed)
+        for name, want in zip(("boxes", "scores"), raw):
+            errors.add(name, got[name], want.numpy())
+        return errors
+    node = next(n for n in graph.graph.node if n.op_type == "NonMaxSuppression")
+    boxes_name, scores_name = node.input[:2]
+    probe = onnx.ModelProto()
+    probe.CopyFrom(graph)
+    probe.graph.output.extend(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)
+                              for name in (boxes_name, scores_name))
+    got = load_runner(probe.SerializeToString()).infer(feed)
+    errors.add("boxes", got[boxes_name], raw[0].numpy())
+    errors.add("scores", got[scores_name], raw[1].transpose(1, 2).numpy())
+    # Post-processing checked on ONNX Runtime's own raw tensors, so threshold ties cannot differ.
+    with torch.no_grad():
+        want = postprocess(torch.from_numpy(got[boxes_name]), torch.from_numpy(got[scores_name]).transpose(1, 2),
+                           nms.max_detections, nms.iou_threshold, nms.score_threshold)
+    for name, tensor in zip(OUTPUT_NAMES, want):
+        if name in ("num_dets", "det_classes") and not np.array_equal(got[name], tensor.numpy()):
+            raise MaedetError(f"verification: {name} differs between ONNX Runtime and PyTorch")
+        errors.add(name, got[name], tensor.numpy())
+    return errors
+
+
+def _declare_outputs(graph: onnx.ModelProto, shapes: dict[str, Sequence[int | str]]) -> None:
+    """Write the output shapes we know (fixed K and class count, our dynamic dim
+    names) over the exporter's partial inference, so runtimes and users see them."""
+    for output in graph.graph.output:
+        dims = output.type.tensor_type.shape.dim
+        del dims[:]
+        for value in shapes[output.name]:
+            dim = dims.add()
+            if isinstance(value, str):
+                dim.dim_param = value
+            else:
+                dim.dim_value = value
+
+
+def export_onnx(model: nn.Module, path: str | os.PathLike, image_size: ImageSize | None = None, batch: int = 1,
+                dynamic_batch: bool = False, dynamic_size: bool = False, nms: bool = True,
+                score_threshold: float = 0.25, iou_threshold: float = 0.6, max_detections: int = 100,
+                opset: int = 17, simplify: bool = True, verify: bool = True, tolerance: float = 1e-3,
+                seed: int = 0) -> ExportReport:
+    """Export a detector (images -> boxes, scores) to ONNX; the file is written only if every step passes.
+
+    `image_size` defaults to the detector's own. With `nms`, outputs are
+    num_dets [B,1] int64, det_boxes [B,K,4], det_scores [B,K], det_classes [B,K]
+    int64 (K = max_detections); without, the raw boxes [B,N,4] and scores [B,N,C].
+    Verification fails when |ort - torch| / max(1, |torch|) exceeds `tolerance`."""
+    _check_options(opset, batch, score_threshold, iou_threshold, max_detections)
+    if image_size is None:
+        image_size = getattr(model, "image_size", None)
+        if image_size is None:
+            raise MaedetError("export needs an image size")
+    height, width = as_hw(image_size)
+    start = time.perf_counter()
+    model = model.eval()
+    wrapper = EndToEnd(model, max_detections, iou_threshold, score_threshold).eval() if nms else None
+    output_names = OUTPUT_NAMES if nms else ("boxes", "scores")
+    generator = torch.Generator().manual_seed(seed)
+    example = torch.randn(batch, getattr(model, "in_channels", 3), height, width, generator=generator)
+    with torch.no_grad():
+        raw = model(example)
+    graph = _trace_to_onnx(wrapper or model, example, output_names,
+                           _dynamic_axes(output_names, dynamic_batch, dynamic_size, nms), opset)
+    if simplify:
+        graph = _simplify(graph)
+    b = "batch" if dynamic_batch else batch
+    n = "anchors" if dynamic_size else raw[0].shape[1]
+    k = max_detections
+    _declare_outputs(graph, {"num_dets": (b, 1), "det_boxes": (b, k, 4), "det_scores": (b, k),
+                             "det_classes": (b, k), "boxes": (b, n, 4), "scores": (b, n, raw[1].shape[2])})
+    onnx.checker.check_model(graph)
+    errors = _verify(graph, example, raw, wrapper) if verify else None
+    if errors is not None and errors.scaled > tolerance:
+        raise MaedetError(f"ONNX Runtime differs from PyTorch by {errors.abs:.3g} (relative {errors.scaled:.3g}, "
+                          f"tolerance {tolerance:g}); nothing written")
+    with atomic_path(path) as tmp:
+        onnx.save(graph, tmp)
+    return ExportReport(str(path), time.perf_counter() - start, opset,
+                        {i.name: _dims(i) for i in graph.graph.input},
+                        {o.name: _dims(o) for o in graph.graph.output},
+                        Path(path).stat().st_size, nms, simplify,
+                        errors.abs if errors else None, errors.scaled if errors else None)
+
+
+def export_structure_onnx(structure: Structure, path: str | os.PathLike, image_size: ImageSize, batch: int = 1,
+                          scope: str = "backbone", num_classes: int = 80, neck_channels: int = 128,
+                          opset: int = 17) -> ExportReport:
+    """Fast export of random-weight modules for latency measurement: no simplify, no verify.
+
+    'backbone' outputs its last three stages (what the detector consumes);
+    'detector' outputs raw boxes and scores, without NMS, whose cost depends on
+    the data rather than the architecture."""
+    if scope not in SCOPES:
+        raise MaedetError(f"unknown export scope {scope!r} (choose from {', '.join(SCOPES)})")
+    if scope == "backbone":
+        stages = len(stage_ends(structure))
+        module: nn.Module = Backbone(structure, tuple(range(max(0, stages - 3), stages)))
+        output_names = [info["stage"] for info in module.feature_info]
+    else:
+        module = Detector(structure, num_classes, image_size, neck_channels)
+        output_names = ["boxes", "scores"]
+    start = time.perf_counter()
+    height, width = as_hw(image_size)
+    graph = _trace_to_onnx(module.eval(), torch.randn(batch, structure.blocks[0].cin, height, width), output_names,
+                           {}, opset)
+    with atomic_path(path) as tmp:
+        onnx.save(graph, tmp)
+    return ExportReport(str(path), time.perf_counter() - start, opset,
+                        {i.name: _dims(i) for i in graph.graph.input},
+                        {o.name: _dims(o) for o in graph.graph.output},
+                        Path(path).stat().st_size, False, False)
