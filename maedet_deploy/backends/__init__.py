@@ -6,6 +6,8 @@ import os
 
 from ..errors import MaedetError
 from .base import Runner, TensorSpec
+from .fingerprint import device_fingerprint, fingerprint_id
+from .shapes import parse_batches, parse_shapes, resolve_shapes
 
 BACKENDS = ("onnxruntime", "tensorrt")
 
@@ -21,4 +23,5 @@ def load_runner(model: str | os.PathLike | bytes, backend: str = "onnxruntime", 
     raise MaedetError(f"unknown backend {backend!r} (choose from {', '.join(BACKENDS)})")
 
 
-__all__ = ["BACKENDS", "Runner", "TensorSpec", "load_runner"]
+__all__ = ["BACKENDS", "Runner", "TensorSpec", "device_fingerprint", "fingerprint_id", "load_runner",
+           "parse_batches", "parse_shapes", "resolve_shapes"]

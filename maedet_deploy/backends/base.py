@@ -2,7 +2,8 @@
 
 A `Runner` holds a loaded model, declares its inputs and outputs, and runs a
 feed dict of numpy arrays. `bench` and `compare` accept any runner, so a new
-backend only implements this.
+backend only implements this. A runner may also carry a `settings` dict (threads,
+precision, ...): reports record it when present.
 """
 
 from __future__ import annotations
