@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
+from typing import Mapping, Sequence
 
 from ..errors import MaedetError
-from .base import Runner, TensorSpec
+from .base import Runner, TensorSpec, metadata_path
 from .fingerprint import device_fingerprint, fingerprint_id
-from .shapes import parse_batches, parse_shapes, resolve_shapes
+from .shapes import Shape, parse_batches, parse_shapes, profile_shapes, resolve_shapes
 
 BACKENDS = ("onnxruntime", "tensorrt")
 
@@ -23,5 +25,41 @@ def load_runner(model: str | os.PathLike | bytes, backend: str = "onnxruntime", 
     raise MaedetError(f"unknown backend {backend!r} (choose from {', '.join(BACKENDS)})")
 
 
-__all__ = ["BACKENDS", "Runner", "TensorSpec", "device_fingerprint", "fingerprint_id", "load_runner",
-           "parse_batches", "parse_shapes", "resolve_shapes"]
+def open_runner(model: str | os.PathLike, backend: str = "onnxruntime", threads: int | None = None,
+                shapes: Mapping[str, Shape] | None = None, batches: Sequence[int | None] = (None,)) -> Runner:
+    """`load_runner` from the options every command shares: CPU threads for onnxruntime; for an
+    ONNX model on tensorrt, an optimization profile that covers the shapes and batch sweep."""
+    if backend == "tensorrt" and Path(model).suffix.lower() == ".onnx":
+        import onnx
+
+        from .tensorrt import onnx_inputs
+
+        try:
+            inputs = onnx_inputs(onnx.load(str(model), load_external_data=False))
+        except FileNotFoundError:
+            raise MaedetError(f"model file not found: {model}") from None
+        except Exception as exc:  # protobuf's DecodeError and friends
+            raise MaedetError(f"{model} is not an ONNX model: {exc}") from None
+        low, opt, high = profile_shapes(inputs, shapes, batches)
+        return load_runner(model, backend, min_shapes=low, opt_shapes=opt, max_shapes=high)
+    if backend == "onnxruntime":
+        return load_runner(model, backend, intra_threads=threads)
+    return load_runner(model, backend)
+
+
+def build_model(model: str | os.PathLike, out: str | os.PathLike, backend: str = "onnxruntime", **options) -> dict:
+    """`build`: an offline-optimized ONNX (onnxruntime) or an engine (tensorrt), with `<out>.json`
+    beside it recording how; returns that record."""
+    if backend == "onnxruntime":
+        from .onnxruntime import optimize_model
+        return optimize_model(model, out, **options)
+    if backend == "tensorrt":
+        from .tensorrt import BuildOptions, build_engine, save_engine
+        engine, metadata = build_engine(model, BuildOptions(**options))
+        save_engine(engine, metadata, out)
+        return {**metadata, "out": str(out), "bytes_engine": len(engine)}
+    raise MaedetError(f"unknown backend {backend!r} (choose from {', '.join(BACKENDS)})")
+
+
+__all__ = ["BACKENDS", "Runner", "TensorSpec", "build_model", "device_fingerprint", "fingerprint_id", "load_runner",
+           "metadata_path", "open_runner", "parse_batches", "parse_shapes", "resolve_shapes"]

@@ -8,7 +8,9 @@ precision, ...): reports record it when present.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Mapping, Protocol, runtime_checkable
 
 import numpy as np
@@ -44,3 +46,8 @@ class Runner(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+def metadata_path(model: str | os.PathLike) -> Path:
+    """Where `build` records how a model or engine was built: `<file>.json` beside it."""
+    return Path(f"{model}.json")

@@ -6,10 +6,18 @@ single-stream CPU latency: one intra-op thread per usable physical core (SMT
 siblings and cores outside the affinity mask/container quota only contend),
 all graph optimizations, sequential execution (the parallel executor only pays
 off for graphs with wide independent branches; detectors are chains).
+
+`optimize_model` ("build" for this backend) saves the fully optimized graph with
+a `<file>.json` record beside it; a runner that finds the record skips graph
+optimization (measured: the PaddleOCR detector loads in 0.045 s instead of 0.098 s,
+same latency) and refuses a file optimized by another onnxruntime or CPU, since
+the 'all' level bakes in this CPU's vector layout.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import time
 from pathlib import Path
@@ -17,10 +25,12 @@ from typing import Mapping
 
 import numpy as np
 
-from ..atomic import atomic_path
+from ..atomic import atomic_path, write_text
 from ..errors import MaedetError
-from .base import TensorSpec
-from .fingerprint import usable_cores
+from .base import TensorSpec, metadata_path
+from .fingerprint import device_fingerprint, usable_cores
+
+METADATA_FORMAT = "maedet-ort-optimized/1"
 
 _ORT_TYPES = {
     "tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
@@ -98,8 +108,11 @@ class OnnxRuntimeRunner:
     backend = "onnxruntime"
 
     def __init__(self, model: str | os.PathLike | bytes, device: str = "cpu", intra_threads: int | None = None,
-                 inter_threads: int = 0, graph_optimization: str = "all", execution_mode: str = "sequential",
+                 inter_threads: int = 0, graph_optimization: str | None = None, execution_mode: str = "sequential",
                  memory_pattern: bool = True, spinning: bool = True) -> None:
+        """`graph_optimization=None`: 'none' for a model `optimize_model` saved, else 'all'."""
+        if graph_optimization is None:
+            graph_optimization = "none" if _optimized_here(model) else "all"
         options = session_options(intra_threads, inter_threads, graph_optimization, execution_mode,
                                   memory_pattern, spinning)
         start = time.perf_counter()
@@ -129,10 +142,38 @@ class OnnxRuntimeRunner:
         self.session = None
 
 
-def optimize_model(model: str | os.PathLike, out: str | os.PathLike, graph_optimization: str = "extended") -> dict:
-    """Offline graph optimization: ONNX Runtime applies its fusions once and saves the result,
-    so later sessions skip that work. 'extended' stays portable; 'all' adds layout
-    transforms (NCHWc) for this CPU only, so the file only runs on this kind of machine."""
+def _identity() -> dict:
+    import onnxruntime as ort
+
+    return {"onnxruntime_version": ort.__version__, "cpu": device_fingerprint()["cpu"]}
+
+
+def _optimized_here(model: str | os.PathLike | bytes) -> bool:
+    """True for a file `optimize_model` wrote on this kind of machine; a MaedetError for another kind."""
+    if isinstance(model, bytes) or not metadata_path(model).is_file():
+        return False
+    try:
+        record = json.loads(metadata_path(model).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise MaedetError(f"cannot read {metadata_path(model)}: {exc}") from None
+    if record.get("format") != METADATA_FORMAT:
+        return False
+    here = _identity()
+    built = {key: record.get(key) for key in here}
+    if built != here:
+        raise MaedetError(f"{model} was optimized by onnxruntime {built['onnxruntime_version']} on {built['cpu']}, "
+                          f"this is onnxruntime {here['onnxruntime_version']} on {here['cpu']}; rebuild it here: "
+                          f"maedet-deploy build {record.get('source_onnx', 'model.onnx')} --out {model}")
+    return record.get("graph_optimization") == "all"
+
+
+def optimize_model(model: str | os.PathLike, out: str | os.PathLike, graph_optimization: str = "all") -> dict:
+    """Offline graph optimization: ONNX Runtime applies its fusions once and saves the result with
+    a record beside it, so later sessions skip that work. 'all' (default) adds layout transforms
+    for this CPU, so the file only runs on this kind of machine; 'extended' stays portable but a
+    session must then optimize again to be fast."""
+    if graph_optimization not in ("basic", "extended", "all"):
+        raise MaedetError(f"offline graph optimization must be basic, extended or all, got {graph_optimization!r}")
     if Path(model).resolve() == Path(out).resolve():
         raise MaedetError("--out must differ from the input model")
     options = session_options(graph_optimization=graph_optimization)
@@ -141,6 +182,11 @@ def optimize_model(model: str | os.PathLike, out: str | os.PathLike, graph_optim
         start = time.perf_counter()
         _session(model, options, ["CPUExecutionProvider"])
         seconds = time.perf_counter() - start
-    return {"backend": "onnxruntime", "model": str(model), "out": str(out), "graph_optimization": graph_optimization,
-            "optimize_seconds": round(seconds, 4), "bytes_in": Path(model).stat().st_size,
-            "bytes_out": Path(out).stat().st_size}
+    record = {"format": METADATA_FORMAT, **_identity(), "graph_optimization": graph_optimization,
+              "source_onnx": str(model), "source_sha256": hashlib.sha256(Path(model).read_bytes()).hexdigest()}
+    write_text(metadata_path(out), json.dumps(record, indent=2) + "\n")
+    start = time.perf_counter()
+    OnnxRuntimeRunner(out).close()
+    return {**record, "out": str(out), "optimize_seconds": round(seconds, 4),
+            "load_seconds_optimized": round(time.perf_counter() - start, 4),
+            "bytes_source": Path(model).stat().st_size, "bytes_optimized": Path(out).stat().st_size}

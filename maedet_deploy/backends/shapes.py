@@ -82,10 +82,14 @@ def resolve_shape(spec: TensorSpec, shape: Sequence[int] | None = None, batch: i
 
 def resolve_shapes(inputs: Sequence[TensorSpec], shapes: Mapping[str, Sequence[int]] | None = None,
                    batch: int | None = None) -> dict[str, Shape]:
-    """Concrete shapes for every input (see `resolve_shape`); unknown names are refused."""
+    """Concrete shapes for every input (see `resolve_shape`); unknown names are refused. `batch`
+    goes to the inputs whose leading dim is dynamic (to all when none is: a fixed batch that
+    differs is then an error)."""
     shapes = shapes or {}
     check_names(inputs, shapes)
-    return {spec.name: resolve_shape(spec, shapes.get(spec.name), batch) for spec in inputs}
+    batched = {s.name for s in inputs if s.shape and not is_static(s.shape[0])} or {s.name for s in inputs}
+    return {spec.name: resolve_shape(spec, shapes.get(spec.name), batch if spec.name in batched else None)
+            for spec in inputs}
 
 
 def parse_batches(text: str | None) -> list[int | None]:
@@ -99,3 +103,14 @@ def parse_batches(text: str | None) -> list[int | None]:
     if not batches or min(batches) < 1:
         raise MaedetError(f"batch must look like 1,2,4,8, got {text!r}")
     return batches
+
+
+def profile_shapes(inputs: Sequence[TensorSpec], shapes: Mapping[str, Sequence[int]] | None,
+                   batches: Sequence[int | None]) -> tuple[dict[str, Shape], dict[str, Shape], dict[str, Shape]]:
+    """(min, opt, max) shapes covering every batch of a sweep, for engines built on the fly;
+    opt is the first batch's shape."""
+    resolved = [resolve_shapes(inputs, shapes, batch) for batch in batches]
+    def bound(pick) -> dict[str, Shape]:
+        return {name: tuple(pick(dims) for dims in zip(*(r[name] for r in resolved))) for name in resolved[0]}
+
+    return bound(min), resolved[0], bound(max)

@@ -28,7 +28,7 @@ import numpy as np
 
 from ..atomic import write_bytes, write_text
 from ..errors import MaedetError
-from .base import TensorSpec
+from .base import TensorSpec, metadata_path
 from .shapes import Shape, check_names, is_static
 
 METADATA_FORMAT = "maedet-engine/1"
@@ -180,10 +180,6 @@ def optimization_profile(inputs: Sequence[TensorSpec], options: BuildOptions) ->
                               f"{'x'.join(map(str, low))}, {'x'.join(map(str, opt))}, {'x'.join(map(str, high))}")
         profile[spec.name] = (tuple(low), tuple(opt), tuple(high))
     return profile
-
-
-def metadata_path(engine: str | os.PathLike) -> Path:
-    return Path(f"{engine}.json")
 
 
 def check_engine(metadata: Mapping, trt_version: str, gpu: Mapping[str, str] | None, engine: str | os.PathLike) -> None:

@@ -1,8 +1,9 @@
 """The one timing loop (`measure`), its inputs (`make_feed`) and bench reports."""
 
+from .baseline import eager_detector
 from .feed import make_feed
 from .measure import CV_THRESHOLD, LatencyStats, measure
 from .report import BenchResult, BenchRow, run_bench, to_csv, to_markdown, write_report
 
-__all__ = ["CV_THRESHOLD", "BenchResult", "BenchRow", "LatencyStats", "make_feed", "measure", "run_bench",
+__all__ = ["CV_THRESHOLD", "eager_detector", "BenchResult", "BenchRow", "LatencyStats", "make_feed", "measure", "run_bench",
            "to_csv", "to_markdown", "write_report"]

@@ -9,6 +9,7 @@ import typer
 from ..errors import MaedetError
 from . import search_cmd, structure_cmds
 from . import export_cmd
+from . import deploy_cmds
 from .common import err_console
 
 app = typer.Typer(
@@ -23,6 +24,9 @@ app.command()(structure_cmds.info)
 app.command()(structure_cmds.zoo)
 app.command()(search_cmd.search)
 app.command()(export_cmd.export)
+app.command()(deploy_cmds.build)
+app.command()(deploy_cmds.bench)
+app.command()(deploy_cmds.compare)
 
 
 def run() -> None:
