@@ -189,7 +189,8 @@ def _print_compare(result: CompareResult) -> None:
         shape = "x".join(map(str, o.shape_a)) if o.shape_a == o.shape_b else \
             f"{'x'.join(map(str, o.shape_a))} vs {'x'.join(map(str, o.shape_b))}"
         verdict = "[green]pass[/]" if o.passed else f"[red]FAIL[/] {o.message}"
-        table.add_row(o.name, shape, f"{o.max_abs:.3g}", f"{o.mean_abs:.3g}", f"{o.max_rel:.3g}", f"{o.cosine:.6f}",
+        table.add_row(o.name, shape, f"{o.max_abs:.3g}", f"{o.mean_abs:.3g}", f"{o.max_rel:.3g}",
+                      "-" if o.cosine is None else f"{o.cosine:.6f}",
                       f"{o.mismatches}/{o.elements}", verdict)
     console.print(table)
     console.print("[bold green]PASSED[/]" if result.passed else "[bold red]FAILED[/]")

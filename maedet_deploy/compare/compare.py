@@ -4,7 +4,10 @@ An element passes when |a - b| <= atol + rtol * |a| (numpy.isclose, with the
 first runner as reference); an output passes when all its elements do and its
 shapes agree. Reported per output, worst case over all samples: max and mean
 absolute error, max relative error (over nonzero reference elements), cosine
-similarity and the count of failing elements.
+similarity (None when exactly one side is all zeros: undefined) and the count
+of failing elements. Random inputs can leave a detector's outputs at zero
+everywhere (nothing looks like an object), hiding real differences: compare on
+real images (`image_feeds`) before trusting a pass.
 """
 
 from __future__ import annotations
@@ -32,11 +35,27 @@ class OutputComparison:
     max_abs: float = 0.0
     mean_abs: float = 0.0
     max_rel: float = 0.0
-    cosine: float = 1.0
-    mismatches: int = 0
+    cosine: float | None = 1.0
+    mismatches: int = 0          # elements outside tolerance, NaN/inf disagreements included
+    nonfinite: int = 0           # NaN/inf disagreements
     elements: int = 0
-    passed: bool = True
-    message: str = ""
+    problem: str = ""            # structural: shapes differ, output missing
+
+    @property
+    def passed(self) -> bool:
+        return not self.problem and self.mismatches == 0
+
+    @property
+    def message(self) -> str:
+        if self.problem:
+            return self.problem
+        parts = [f"{self.nonfinite} NaN/inf values differ"] if self.nonfinite else []
+        if self.mismatches > self.nonfinite:
+            parts.append(f"{self.mismatches - self.nonfinite} of {self.elements} elements outside atol + rtol * |a|")
+        return "; ".join(parts)
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "passed": self.passed, "message": self.message}
 
     def merge(self, other: "OutputComparison") -> None:
         """Fold another sample in: worst case for errors and cosine, sums for counts."""
@@ -45,11 +64,11 @@ class OutputComparison:
             self.mean_abs = (self.mean_abs * self.elements + other.mean_abs * other.elements) / total
         self.max_abs = max(self.max_abs, other.max_abs)
         self.max_rel = max(self.max_rel, other.max_rel)
-        self.cosine = min(self.cosine, other.cosine)
+        self.cosine = None if self.cosine is None or other.cosine is None else min(self.cosine, other.cosine)
         self.mismatches += other.mismatches
+        self.nonfinite += other.nonfinite
         self.elements = total
-        self.passed = self.passed and other.passed
-        self.message = self.message or other.message
+        self.problem = self.problem or other.problem
 
 
 def compare_arrays(name: str, a: np.ndarray, b: np.ndarray, atol: float = DEFAULT_ATOL,
@@ -57,8 +76,7 @@ def compare_arrays(name: str, a: np.ndarray, b: np.ndarray, atol: float = DEFAUL
     """One output of one sample; `a` is the reference for relative errors."""
     result = OutputComparison(name, list(a.shape), list(b.shape))
     if a.shape != b.shape:
-        result.passed = False
-        result.message = (f"shapes differ: {'x'.join(map(str, a.shape)) or 'scalar'} vs "
+        result.problem = (f"shapes differ: {'x'.join(map(str, a.shape)) or 'scalar'} vs "
                           f"{'x'.join(map(str, b.shape)) or 'scalar'}")
         return result
     x = a.astype(np.float64).ravel()
@@ -68,23 +86,21 @@ def compare_arrays(name: str, a: np.ndarray, b: np.ndarray, atol: float = DEFAUL
         return result
     finite = np.isfinite(x) & np.isfinite(y)
     same_special = ~finite & ((x == y) | (np.isnan(x) & np.isnan(y)))
-    bad_special = int(np.count_nonzero(~finite & ~same_special))
+    result.nonfinite = int(np.count_nonzero(~finite & ~same_special))
     x, y = x[finite], y[finite]
     diff = np.abs(x - y)
     close = diff <= atol + rtol * np.abs(x)
-    result.mismatches = int(np.count_nonzero(~close)) + bad_special
+    result.mismatches = int(np.count_nonzero(~close)) + result.nonfinite
     if x.size:
         result.max_abs = float(diff.max())
         result.mean_abs = float(diff.mean())
         nonzero = x != 0
         result.max_rel = float((diff[nonzero] / np.abs(x[nonzero])).max()) if nonzero.any() else 0.0
-        norms = np.linalg.norm(x) * np.linalg.norm(y)
-        result.cosine = float(x @ y / norms) if norms > 0 else float(np.array_equal(x, y))
-    result.passed = result.mismatches == 0
-    if bad_special:
-        result.message = f"{bad_special} NaN/inf values differ"
-    elif not result.passed:
-        result.message = f"{result.mismatches} of {result.elements} elements outside atol + rtol * |a|"
+        norm_x, norm_y = np.linalg.norm(x), np.linalg.norm(y)
+        if norm_x > 0 and norm_y > 0:
+            result.cosine = float(x @ y / (norm_x * norm_y))
+        elif norm_x > 0 or norm_y > 0:
+            result.cosine = None
     return result
 
 
@@ -105,7 +121,7 @@ class CompareResult:
 
     def to_dict(self) -> dict:
         return {"format": "maedet-compare/1", "passed": self.passed, "a": self.a, "b": self.b, "atol": self.atol,
-                "rtol": self.rtol, "samples": self.samples, "outputs": [asdict(o) for o in self.outputs],
+                "rtol": self.rtol, "samples": self.samples, "outputs": [o.to_dict() for o in self.outputs],
                 "created": self.created, "fingerprint": self.fingerprint,
                 "fingerprint_id": fingerprint_id(self.fingerprint)}
 
@@ -144,8 +160,8 @@ def compare_runners(a: Runner, b: Runner, feeds: Iterable[Mapping[str, np.ndarra
             if name_a is None or name_b is None:
                 missing = name_a or name_b
                 shape = list((out_a if name_a else out_b)[missing].shape)
-                entry = OutputComparison(missing, shape if name_a else [], shape if name_b else [], passed=False,
-                                         message=f"only the {'first' if name_a else 'second'} model has this output")
+                entry = OutputComparison(missing, shape if name_a else [], shape if name_b else [],
+                                         problem=f"only the {'first' if name_a else 'second'} model has this output")
             else:
                 entry = compare_arrays(name_a if name_a == name_b else f"{name_a}|{name_b}", out_a[name_a],
                                        out_b[name_b], atol, rtol)
