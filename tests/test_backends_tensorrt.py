@@ -11,7 +11,7 @@ import pytest
 from onnx import TensorProto, helper
 from test_backends import ppocr_det, run_cli, scale_model
 
-from maedet_deploy.backends import load_runner
+from maedet_deploy.backends import load_runner, open_runner
 from maedet_deploy.backends.base import TensorSpec
 from maedet_deploy.backends.tensorrt import (INSTALL_HINT, METADATA_FORMAT, BuildOptions, check_engine, onnx_inputs,
                                              onnx_precisions, optimization_profile, precision_plan)
@@ -102,12 +102,27 @@ def test_missing_tensorrt_says_what_to_install(monkeypatch, tmp_path):
     assert str(info.value) == INSTALL_HINT and "pip install tensorrt" in INSTALL_HINT and "JetPack" in INSTALL_HINT
 
 
-def test_cli_refuses_an_engine_from_another_tensorrt_version(monkeypatch, capsys, tmp_path):
-    import maedet_deploy.cli.main  # noqa: F401  (torch's import-time probing must not see the fake below)
+@pytest.fixture
+def fake_tensorrt(monkeypatch):
+    """A `tensorrt` module with only a version: enough for everything checked before a GPU is touched."""
+    import maedet_deploy.cli.main  # noqa: F401  (torch's import-time probing must not see the fake)
 
     fake = types.ModuleType("tensorrt")
     fake.__version__ = "10.3.0"
     monkeypatch.setitem(sys.modules, "tensorrt", fake)
+    return fake
+
+
+def test_onnx_for_tensorrt_is_checked_before_building(fake_tensorrt, tmp_path):
+    junk = tmp_path / "junk.onnx"
+    junk.write_text("not a model")
+    with pytest.raises(MaedetError, match="not an ONNX model"):
+        open_runner(junk, backend="tensorrt")
+    with pytest.raises(MaedetError, match=r"input 'x' dim 0 \('batch'\) is dynamic"):
+        open_runner(scale_model(tmp_path / "s.onnx"), backend="tensorrt")
+
+
+def test_cli_refuses_an_engine_from_another_tensorrt_version(fake_tensorrt, monkeypatch, capsys, tmp_path):
     engine = tmp_path / "det.engine"
     engine.write_bytes(b"\0" * 16)
     (tmp_path / "det.engine.json").write_text(json.dumps(metadata(tensorrt_version="8.6.1")))

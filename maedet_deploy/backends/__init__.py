@@ -32,8 +32,9 @@ def open_runner(model: str | os.PathLike, backend: str = "onnxruntime", threads:
     if backend == "tensorrt" and Path(model).suffix.lower() == ".onnx":
         import onnx
 
-        from .tensorrt import onnx_inputs
+        from .tensorrt import import_tensorrt, onnx_inputs
 
+        import_tensorrt()  # say what to install before asking for shapes
         try:
             inputs = onnx_inputs(onnx.load(str(model), load_external_data=False))
         except FileNotFoundError:

@@ -11,6 +11,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from ..errors import MaedetError
 from .base import TensorSpec
 from .fingerprint import usable_cores
 
@@ -42,6 +43,8 @@ class TorchRunner:
     def outputs(self) -> list[TensorSpec]:
         """Known after the first `infer`; asked before, runs once on zeros (static inputs only)."""
         if self._outputs is None:
+            if any(spec.is_dynamic for spec in self._inputs):
+                raise MaedetError("the outputs of a module with dynamic inputs are known after its first infer")
             self.infer({spec.name: np.zeros(spec.shape, spec.dtype) for spec in self._inputs})
         return self._outputs
 
