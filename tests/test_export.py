@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import numpy as np
 import onnx
 import pytest
@@ -6,19 +8,25 @@ from cli_helpers import cli
 from torch import nn
 
 from maedet_deploy.backends import load_runner
+from maedet_deploy.cli.main import run
 from maedet_deploy.errors import MaedetError
 from maedet_deploy.export import EndToEnd, export_onnx, export_structure_onnx
 from maedet_deploy.models import create_detector
+from maedet_deploy.structure import Structure, save_structure
 from maedet_deploy.zoo import get_structure
 
 torch.set_num_threads(2)
 CLASSES = 3
 SIZE = 128
+# The seed's topology (stem, five K1KXK1 blocks, a stride-1 block closing C4) at a quarter
+# of its channels: the same graph shape, a 16th of the weights, so exports stay fast.
+TINY = Structure(tuple(replace(b, cin=b.cin // 4 if i else b.cin, cout=b.cout // 4, btn=b.btn // 4)
+                       for i, b in enumerate(get_structure("maedet-seed").blocks)))
 
 
 @pytest.fixture(scope="module")
 def detector():
-    return create_detector("maedet-seed", num_classes=CLASSES, image_size=SIZE, neck_channels=32)
+    return create_detector(TINY, num_classes=CLASSES, image_size=SIZE, neck_channels=32)
 
 
 def op_types(path) -> set[str]:
@@ -132,28 +140,41 @@ def test_fast_structure_export(tmp_path, scope, names):
     path = tmp_path / f"{scope}.onnx"
     report = export_structure_onnx(get_structure("maedet-seed"), path, 96, scope=scope, num_classes=4)
     assert list(report.outputs) == names and report.max_abs_error is None
+    assert "BatchNormalization" not in op_types(path) and "Conv" in op_types(path)
     runner = load_runner(path)
     out = runner.infer({"images": np.zeros((1, 3, 96, 96), np.float32)})
     assert list(out) == names
 
 
 def test_cli_export(tmp_path):
+    structure = tmp_path / "tiny.json"
+    save_structure(structure, TINY)
     path = tmp_path / "cli.onnx"
-    result = cli("export", "maedet-seed", "--image-size", "96", "--num-classes", "2", "--neck-channels", "16",
+    result = cli("export", structure, "--image-size", "96", "--num-classes", "2", "--neck-channels", "16",
                  "--out", path, "--max-detections", "7", "--json")
     assert result.returncode == 0, result.stderr
     assert '"det_boxes": [\n      1,\n      7,\n      4\n    ]' in result.stdout
     assert path.is_file()
 
 
-def test_cli_bad_inputs_exit_2_without_a_file(tmp_path):
+def run_cli(monkeypatch, capsys, *args) -> tuple[int, str]:
+    """The console entry point in-process: exit code and stderr."""
+    monkeypatch.setattr("sys.argv", ["maedet-deploy", *map(str, args)])
+    with pytest.raises(SystemExit) as exit_info:
+        run()
+    return exit_info.value.code, capsys.readouterr().err
+
+
+def test_cli_bad_inputs_exit_2_without_a_file(tmp_path, monkeypatch, capsys):
     bad = tmp_path / "bad.json"
     bad.write_text('[{"class": "ConvKXBNRELU", "in": 3, "out": 16, "s": 2}]')
     out = tmp_path / "out.onnx"
-    result = cli("export", bad, "--out", out)
-    assert result.returncode == 2 and "missing field 'k'" in result.stderr
-    assert result.stderr.strip().count("\n") == 0 and not out.exists()
+    code, err = run_cli(monkeypatch, capsys, "export", bad, "--out", out)
+    assert code == 2 and "missing field 'k'" in err and err.strip().count("\n") == 0
+    code, err = run_cli(monkeypatch, capsys, "export", "no-such-net", "--out", out)
+    assert code == 2 and "neither a zoo name" in err
     checkpoint = tmp_path / "other.pth"
     torch.save({"state_dict": {"head.scales": torch.ones(3)}}, checkpoint)
-    result = cli("export", "maedet-seed", "--checkpoint", checkpoint, "--out", out)
-    assert result.returncode == 2 and "missing key" in result.stderr and not out.exists()
+    code, err = run_cli(monkeypatch, capsys, "export", "maedet-seed", "--checkpoint", checkpoint, "--out", out)
+    assert code == 2 and "missing key" in err
+    assert not out.exists()

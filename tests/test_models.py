@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 from maedet_deploy.errors import MaedetError
 from maedet_deploy.models import (Backbone, ConvBN, ResidualUnit, create_backbone, create_detector,
-                                  from_structure)
+                                  fold_batchnorm, from_structure)
 from maedet_deploy.structure import K1DWK1, K1KXK1, KXKX, STEM, Block, Structure, compute_cost, stage_ends
 from maedet_deploy.zoo import get_structure
 
@@ -126,6 +126,17 @@ def test_detector_neck_sizes_itself_from_feature_info():
     detector = create_detector(_mixed_structure(), num_classes=3, image_size=96, neck_channels=16)
     assert [m[0].in_channels for m in detector.neck.lateral] == [24, 40, 48]
     assert detector.head.strides == (8, 16, 32)
+
+
+def test_folding_batchnorm_keeps_the_outputs():
+    detector = create_detector(_mixed_structure(), num_classes=3, image_size=64, neck_channels=16)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        before = detector(x)
+        after = fold_batchnorm(detector)(x)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in detector.modules())
+    for a, b in zip(before, after):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
 
 
 def test_checkpoint_round_trip_and_wrappers(tmp_path):

@@ -33,7 +33,7 @@ from torch import nn
 from ..atomic import atomic_path
 from ..backends import load_runner
 from ..errors import MaedetError
-from ..models import Backbone, Detector
+from ..models import Backbone, Detector, fold_batchnorm
 from ..structure import Structure, stage_ends
 from ..structure.cost import ImageSize, as_hw
 from .nms import OUTPUT_NAMES, EndToEnd, postprocess
@@ -66,15 +66,13 @@ def _dims(value_info: onnx.ValueInfoProto) -> list[int | str]:
 
 
 def _trace_to_onnx(module: nn.Module, example: torch.Tensor, output_names: Sequence[str],
-                   dynamic_axes: dict[str, dict[int, str]], opset: int) -> onnx.ModelProto:
-    buffer = io.BytesIO()
+                   dynamic_axes: dict[str, dict[int, str]], opset: int, target: io.BytesIO | Path) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the exporter's deprecation and tracer notices
         with torch.no_grad():
-            torch.onnx.export(module, (example,), buffer, dynamo=False, opset_version=opset,
+            torch.onnx.export(module, (example,), target, dynamo=False, opset_version=opset,
                               input_names=["images"], output_names=list(output_names),
                               dynamic_axes=dynamic_axes or None, do_constant_folding=True)
-    return onnx.load_from_string(buffer.getvalue())
 
 
 def _dynamic_axes(output_names: Sequence[str], dynamic_batch: bool, dynamic_size: bool,
@@ -201,8 +199,10 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, image_size: ImageSize
     example = torch.randn(batch, getattr(model, "in_channels", 3), height, width, generator=generator)
     with torch.no_grad():
         raw = model(example)
-    graph = _trace_to_onnx(wrapper or model, example, output_names,
-                           _dynamic_axes(output_names, dynamic_batch, dynamic_size, nms), opset)
+    buffer = io.BytesIO()
+    _trace_to_onnx(wrapper or model, example, output_names,
+                   _dynamic_axes(output_names, dynamic_batch, dynamic_size, nms), opset, buffer)
+    graph = onnx.load_from_string(buffer.getvalue())
     if simplify:
         graph = _simplify(graph)
     b = "batch" if dynamic_batch else batch
@@ -234,6 +234,7 @@ def export_structure_onnx(structure: Structure, path: str | os.PathLike, image_s
     the data rather than the architecture."""
     if scope not in SCOPES:
         raise MaedetError(f"unknown export scope {scope!r} (choose from {', '.join(SCOPES)})")
+    start = time.perf_counter()
     if scope == "backbone":
         stages = len(stage_ends(structure))
         module: nn.Module = Backbone(structure, tuple(range(max(0, stages - 3), stages)))
@@ -241,12 +242,11 @@ def export_structure_onnx(structure: Structure, path: str | os.PathLike, image_s
     else:
         module = Detector(structure, num_classes, image_size, neck_channels)
         output_names = ["boxes", "scores"]
-    start = time.perf_counter()
     height, width = as_hw(image_size)
-    graph = _trace_to_onnx(module.eval(), torch.randn(batch, structure.blocks[0].cin, height, width), output_names,
-                           {}, opset)
+    example = torch.randn(batch, structure.blocks[0].cin, height, width)
     with atomic_path(path) as tmp:
-        onnx.save(graph, tmp)
+        _trace_to_onnx(fold_batchnorm(module.eval()), example, output_names, {}, opset, tmp)
+        graph = onnx.load(tmp)
     return ExportReport(str(path), time.perf_counter() - start, opset,
                         {i.name: _dims(i) for i in graph.graph.input},
                         {o.name: _dims(o) for o in graph.graph.output},

@@ -158,3 +158,20 @@ def calibrate_batchnorm(model: nn.Module, in_channels: int = 3, image_size: int 
     for m, momentum in zip(norms, momenta):
         m.momentum = momentum
     return model.eval()
+
+
+@torch.no_grad()
+def fold_batchnorm(model: nn.Module) -> nn.Module:
+    """Fold every ConvBN's (eval-mode) BN into its conv, in place: the deploy form.
+
+    The TorchScript ONNX exporter does the same fold itself, but its pass takes
+    ~0.8 s on a ResNet-50; done here it takes milliseconds, which matters when
+    latency search exports one candidate after another."""
+    for module in model.modules():
+        if isinstance(module, ConvBN) and isinstance(module[1], nn.BatchNorm2d):
+            conv, norm = module[0], module[1]
+            scale = norm.weight / torch.sqrt(norm.running_var + norm.eps)
+            conv.weight.mul_(scale.view(-1, 1, 1, 1))
+            conv.bias = nn.Parameter(norm.bias - norm.running_mean * scale)
+            module[1] = nn.Identity()
+    return model
