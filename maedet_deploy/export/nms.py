@@ -5,13 +5,13 @@ Runtime and maps to TensorRT's NMS layer, so one graph serves both, with no
 plugins. NonMaxSuppression is class-aware by construction (it runs per batch
 item and per class on scores laid out [B, C, N]) and returns a variable number
 of (batch, class, box) triples. To get fixed-size outputs without loops, the
-selected scores are scattered into a zero [B, C*N + K] map (K extra zero
-columns so TopK(K) is valid whatever N is), TopK picks the K best per image
+selected scores are scattered into a zero [B, C*N] map, padded with K zero
+columns so TopK(K) is valid whatever N is; TopK picks the K best per image,
 already sorted, and a detection is real where its score is above zero
 (NonMaxSuppression only keeps scores above the threshold, which is >= 0).
 Padding: boxes and scores 0, classes -1; `num_dets` counts the real ones.
-All ops (NonMaxSuppression, GatherND, ScatterND, TopK, Gather) are in TensorRT's
-ONNX parser.
+All ops (NonMaxSuppression, Gather, ScatterElements, TopK, GatherElements) are in
+TensorRT's ONNX parser.
 """
 
 from __future__ import annotations
@@ -56,18 +56,19 @@ class NonMaxSuppression(torch.autograd.Function):
 def postprocess(boxes: torch.Tensor, scores: torch.Tensor, max_detections: int, iou_threshold: float,
                 score_threshold: float) -> tuple[torch.Tensor, ...]:
     """(boxes [B,N,4], scores [B,N,C]) -> num_dets [B,1], det_boxes [B,K,4], det_scores [B,K], det_classes [B,K]."""
-    num_boxes = scores.shape[1]
-    by_class = scores.transpose(1, 2).contiguous()  # [B, C, N], the op's layout
+    batch, num_boxes, num_classes = scores.shape
+    by_class = scores.transpose(1, 2)  # [B, C, N], the op's layout
     selected = NonMaxSuppression.apply(boxes, by_class, max_detections, iou_threshold, score_threshold)
-    batch_index, class_index, box_index = selected[:, 0], selected[:, 1], selected[:, 2]
-    dense = torch.zeros_like(by_class).flatten(1)
-    dense = dense.index_put((batch_index, class_index * num_boxes + box_index),
-                            by_class[batch_index, class_index, box_index])
-    dense = nn.functional.pad(dense, (0, max_detections))
-    det_scores, flat = dense.topk(max_detections, dim=1)
+    # Flat indices into [B, C, N], all non-negative: plain Gather/ScatterElements and
+    # truncating division keep the graph free of negative-index and floor-division guards.
+    index = (selected[:, 0] * num_classes + selected[:, 1]) * num_boxes + selected[:, 2]
+    flat = by_class.flatten()
+    kept = torch.zeros_like(flat).scatter(0, index, flat.gather(0, index)).reshape(batch, -1)
+    kept = nn.functional.pad(kept, (0, max_detections))
+    det_scores, top = kept.topk(max_detections, dim=1)
     valid = det_scores > 0
-    det_classes = torch.where(valid, torch.div(flat, num_boxes, rounding_mode="floor"), -1)
-    picked = (flat % num_boxes).unsqueeze(-1).expand(-1, -1, 4)
+    det_classes = torch.where(valid, torch.div(top, num_boxes, rounding_mode="trunc"), -1)
+    picked = (top % num_boxes).unsqueeze(-1).expand(-1, -1, 4)
     det_boxes = boxes.gather(1, picked) * valid.unsqueeze(-1).to(boxes.dtype)
     num_dets = valid.to(torch.int64).sum(1, keepdim=True)
     return num_dets, det_boxes, det_scores, det_classes
