@@ -10,6 +10,7 @@ from ..errors import MaedetError
 from . import search_cmd, structure_cmds
 from . import export_cmd
 from . import deploy_cmds
+from . import calibrate_cmd
 from .common import err_console
 
 app = typer.Typer(
@@ -27,6 +28,7 @@ app.command()(export_cmd.export)
 app.command()(deploy_cmds.build)
 app.command()(deploy_cmds.bench)
 app.command()(deploy_cmds.compare)
+app.command()(calibrate_cmd.calibrate)
 
 
 def run() -> None:

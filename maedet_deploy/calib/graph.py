@@ -1,0 +1,160 @@
+"""Small ONNX graph helpers shared by the INT8, FP16 and report code.
+
+The default float exclusions are found from the graph, for any detector: walking
+back from every graph output through non-compute ops (reshapes, transposes,
+splits, concats, sigmoids, the box decode, NMS...) collects the "output path";
+the first compute op (Conv, ConvTranspose, Gemm, MatMul) met on each path is that
+branch's final score/box layer. Both stay float, as do Sigmoid and Softmax
+anywhere in the graph.
+"""
+
+from __future__ import annotations
+
+import copy
+import fnmatch
+import os
+from collections import deque
+from pathlib import Path
+from typing import Iterable
+
+import onnx
+
+from ..errors import MaedetError
+
+COMPUTE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+FLOAT_OP_TYPES = ("Sigmoid", "Softmax")
+MEASURE_BEFORE = ("NonMaxSuppression",)
+
+
+def load_model(model: str | os.PathLike | bytes | onnx.ModelProto) -> onnx.ModelProto:
+    """A ModelProto from a path, serialized bytes or a ModelProto (copied, never modified)."""
+    if isinstance(model, onnx.ModelProto):
+        return copy.deepcopy(model)
+    try:
+        if isinstance(model, bytes):
+            return onnx.load_from_string(model)
+        if not Path(model).is_file():
+            raise MaedetError(f"model file not found: {model}")
+        return onnx.load(str(model))
+    except MaedetError:
+        raise
+    except Exception as exc:  # protobuf's DecodeError and friends
+        raise MaedetError(f"cannot parse ONNX model {model if not isinstance(model, bytes) else ''}: "
+                          f"{str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}") from None
+
+
+def serialize(model: onnx.ModelProto) -> bytes:
+    return model.SerializeToString()
+
+
+def name_nodes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Give every unnamed (or duplicate-named) node a unique name, in place: exclusions work by name."""
+    seen: set[str] = set()
+    for index, node in enumerate(model.graph.node):
+        if not node.name or node.name in seen:
+            base = f"{node.op_type}_{index}"
+            name, suffix = base, 0
+            while name in seen:
+                suffix += 1
+                name = f"{base}_{suffix}"
+            node.name = name
+        seen.add(node.name)
+    return model
+
+
+def producers(model: onnx.ModelProto) -> dict[str, onnx.NodeProto]:
+    return {out: node for node in model.graph.node for out in node.output if out}
+
+
+def consumers(model: onnx.ModelProto) -> dict[str, list[onnx.NodeProto]]:
+    table: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            if name:
+                table.setdefault(name, []).append(node)
+    return table
+
+
+def output_path(model: onnx.ModelProto) -> tuple[list[str], list[str]]:
+    """(non-compute nodes between the last compute layers and the graph outputs,
+    those last compute layers), both as node names in graph order."""
+    made_by = producers(model)
+    initializers = {init.name for init in model.graph.initializer}
+    post, final = set(), set()
+    queue = deque(out.name for out in model.graph.output)
+    seen_tensors: set[str] = set()
+    while queue:
+        tensor = queue.popleft()
+        if tensor in seen_tensors or tensor in initializers:
+            continue
+        seen_tensors.add(tensor)
+        node = made_by.get(tensor)
+        if node is None:
+            continue
+        if node.op_type in COMPUTE_OPS:
+            final.add(node.name)
+            continue
+        post.add(node.name)
+        queue.extend(name for name in node.input if name)
+    order = [node.name for node in model.graph.node]
+    return [n for n in order if n in post], [n for n in order if n in final]
+
+
+def default_exclusions(model: onnx.ModelProto) -> dict[str, str]:
+    """Node name -> why it stays float by default (the head's final layers, its
+    post-processing, and Sigmoid/Softmax ops)."""
+    post, final = output_path(model)
+    reasons = {name: "final layer of an output branch" for name in final}
+    reasons.update({name: "output post-processing" for name in post})
+    for node in model.graph.node:
+        if node.op_type in FLOAT_OP_TYPES:
+            reasons.setdefault(node.name, f"{node.op_type} op")
+    return reasons
+
+
+def resolve_exclusions(model: onnx.ModelProto, patterns: Iterable[str]) -> dict[str, str]:
+    """User exclusions: each is an op type (all its nodes), a node name or a
+    shell-style pattern on names ('head.*'); one that matches nothing is an error."""
+    op_types = {node.op_type for node in model.graph.node}
+    names = [node.name for node in model.graph.node]
+    out: dict[str, str] = {}
+    for pattern in patterns:
+        if pattern in op_types:
+            out.update({node.name: f"--exclude {pattern}" for node in model.graph.node if node.op_type == pattern})
+            continue
+        matched = [name for name in names if fnmatch.fnmatchcase(name, pattern)]
+        if not matched:
+            raise MaedetError(f"--exclude {pattern!r} matches no node name or op type of the model")
+        out.update({name: f"--exclude {pattern}" for name in matched})
+    return out
+
+
+def measure_points(model: onnx.ModelProto) -> dict[str, str]:
+    """What to compare between two versions of a model: label -> tensor name.
+
+    The graph's float outputs; when the graph ends in NonMaxSuppression, also the
+    NMS inputs (raw boxes and scores), because the selected detections move
+    discontinuously and say little about numeric error."""
+    points: dict[str, str] = {}
+    for node in model.graph.node:
+        if node.op_type in MEASURE_BEFORE:
+            for slot, label in ((0, "boxes"), (1, "scores")):
+                if len(node.input) > slot and node.input[slot]:
+                    points[f"{node.name}:{label}"] = node.input[slot]
+    float_types = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE)
+    for out in model.graph.output:
+        if out.type.tensor_type.elem_type in float_types:
+            points[out.name] = out.name
+    return points
+
+
+def expose(model: onnx.ModelProto, tensors: Iterable[str]) -> onnx.ModelProto:
+    """A copy of `model` that also returns `tensors` as graph outputs (declared
+    without a type: ONNX Runtime infers it)."""
+    model = copy.deepcopy(model)
+    present = {out.name for out in model.graph.output}
+    for name in tensors:
+        if name not in present:
+            model.graph.output.append(onnx.ValueInfoProto(name=name))
+            present.add(name)
+    return model

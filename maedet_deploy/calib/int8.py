@@ -1,0 +1,354 @@
+"""INT8 as explicit quantization: a Q/DQ ONNX that TensorRT 8.x/10.x/11.x builds
+strongly typed and ONNX Runtime's CPU provider runs.
+
+Steps, each a plain function (Polygraphy-style, testable one at a time):
+
+1. `prepare`: onnxruntime's quantization pre-processing (shape inference and
+   basic graph optimization: constant folding, BatchNorm folded into Conv), so
+   Q/DQ lands on the layers TensorRT will actually run, not on a BN that it
+   would fuse away. If the pre-processing fails on a model, the model is used
+   as is and the reason is kept.
+2. `calibrate`: per-tensor ranges from the calibration data, through
+   onnxruntime's calibrators (the model augmented to return every float tensor,
+   fed one batch at a time so memory stays flat). `minmax` is the largest
+   absolute value; `percentile` the given percentile of |x| (2048-bin
+   histogram); `entropy` the KL-divergence-minimising threshold over the same
+   histogram with 128 quantized levels, TensorRT's EntropyCalibration2 recipe
+   (onnxruntime's own entropy calibrator defaults to 128 histogram bins, which
+   degenerates to min-max, and its search is a slow Python loop, so the
+   threshold search here is our own, vectorised).
+3. `quantize_qdq`: onnxruntime's `quantize_static` in QDQ format with the ranges
+   (through its calibration-cache file, so calibration runs once for any number
+   of exclusion sets): int8 activations and weights, symmetric (zero point 0
+   everywhere), per-channel weights, float biases (TensorRT folds the bias into
+   the layer; int32 bias Q/DQ is not part of its Q/DQ recipe).
+
+Placement ("where Q/DQ goes"): `tensorrt` (default) follows TensorRT's guidance
+for explicit quantization: quantize the inputs of the compute layers (Conv,
+ConvTranspose, Gemm, MatMul) and of element-wise Adds (residual joins), leave
+layer outputs unquantized so TensorRT fuses the pointwise tail into the layer.
+`all` is onnxruntime's default (every supported op gets Q/DQ on its inputs and
+outputs). bench/calib_accuracy.py measures both.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Collection, Iterable
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from ..atomic import atomic_path
+from ..errors import MaedetError
+from .data import DataSource, FeedReader
+from .graph import COMPUTE_OPS, default_exclusions, load_model, name_nodes, resolve_exclusions
+
+METHODS = ("entropy", "percentile", "minmax")
+PLACEMENTS = {
+    # op types whose inputs get Q/DQ, and whether their outputs do too
+    "tensorrt": (COMPUTE_OPS + ("Add",), False),
+    "all": (None, True),
+}
+HISTOGRAM_BINS = 2048
+ENTROPY_LEVELS = 128  # |x| is quantized to 128 levels (int8 without the sign)
+
+Progress = Callable[[str, int, int], None]
+
+
+@contextlib.contextmanager
+def _quiet():
+    """onnxruntime.quantization prints progress to stdout and warns through the root logger."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        root.setLevel(level)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+# ---------------------------------------------------------------- 1. prepare
+
+@dataclass
+class Prepared:
+    """The float model quantization starts from (node names unique and stable)."""
+
+    model: onnx.ModelProto
+    preprocessed: bool
+    note: str = ""
+
+
+def prepare(model: str | os.PathLike | bytes | onnx.ModelProto, preprocess: bool = True) -> Prepared:
+    """Load, run onnxruntime's quantization pre-processing when asked (falling back
+    to plain ONNX shape inference when it fails), and name every node."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    original = load_model(model)
+    if preprocess:
+        with tempfile.TemporaryDirectory(prefix="maedet-calib-") as tmp:
+            src, dst = Path(tmp) / "in.onnx", Path(tmp) / "pre.onnx"
+            onnx.save(original, str(src))
+            errors = []
+            for options in ({}, {"skip_symbolic_shape": True}):
+                try:
+                    with _quiet():
+                        quant_pre_process(str(src), str(dst), **options)
+                    return Prepared(name_nodes(onnx.load(str(dst))), True,
+                                    "symbolic shape inference skipped" if options else "")
+                except Exception as exc:  # the pre-processing raises many types
+                    errors.append(_first_line(exc))
+        note = f"pre-processing failed ({errors[-1]}); quantizing the model as is"
+    else:
+        note = "pre-processing off"
+    try:
+        inferred = onnx.shape_inference.infer_shapes(original)
+    except Exception:  # shape inference is best effort here
+        inferred = original
+    return Prepared(name_nodes(inferred), False, note)
+
+
+# -------------------------------------------------------------- 2. calibrate
+
+def entropy_amax(hist: np.ndarray, edges: np.ndarray, levels: int = ENTROPY_LEVELS,
+                 max_candidates: int = 512) -> float:
+    """TensorRT's entropy calibration on a histogram of |x|: the clipping threshold
+    whose `levels`-level quantization of the clipped distribution has the least
+    KL divergence from it (outliers folded into the last kept bin)."""
+    hist = np.asarray(hist, dtype=np.float64)
+    bins = hist.size
+    if bins <= levels or hist.sum() == 0:
+        return float(edges[-1])
+    stride = max(1, (bins - levels) // max_candidates)
+    best_kl, best_end = np.inf, bins
+    tail = np.concatenate([np.cumsum(hist[::-1])[::-1], [0.0]])  # tail[i] = hist[i:].sum()
+    for end in range(levels, bins + 1, stride):
+        kept = hist[:end]
+        p = kept.copy()
+        p[-1] += tail[end]
+        nonzero = kept > 0
+        group = np.minimum(np.arange(end) // (end // levels), levels - 1)
+        total = np.bincount(group, weights=kept, minlength=levels)
+        count = np.bincount(group, weights=nonzero, minlength=levels)
+        q = np.where(nonzero, (total / np.maximum(count, 1))[group], 0.0)
+        p_sum, q_sum = p.sum(), q.sum()
+        if q_sum == 0:
+            continue
+        support = p > 0
+        if np.any(support & (q == 0)):
+            continue  # infinite divergence
+        kl = float(np.sum(p[support] / p_sum * np.log((p[support] / p_sum) / (q[support] / q_sum))))
+        if kl < best_kl:
+            best_kl, best_end = kl, end
+    return float(edges[min(best_end, bins)])
+
+
+@dataclass
+class Calibration:
+    """Per-tensor absolute ranges (amax) of the prepared model's float tensors."""
+
+    method: str
+    amax: dict[str, float]
+    samples: int
+    seconds: float
+    percentile: float | None = None
+
+    def tensors_data(self):
+        from onnxruntime.quantization.calibrate import CalibrationMethod, TensorData, TensorsData
+
+        method = {"entropy": CalibrationMethod.Entropy, "percentile": CalibrationMethod.Percentile,
+                  "minmax": CalibrationMethod.MinMax}[self.method]
+        return TensorsData(method, {name: TensorData(lowest=np.array(-a, dtype=np.float32),
+                                                     highest=np.array(a, dtype=np.float32))
+                                    for name, a in self.amax.items()})
+
+    def scale(self, name: str) -> float:
+        """TensorRT's per-tensor scale: amax / 127."""
+        return self.amax[name] / 127.0
+
+
+def calibrate(model: Prepared | onnx.ModelProto, data: DataSource, method: str = "entropy",
+              percentile: float = 99.99, progress: Progress | None = None) -> Calibration:
+    """Collect ranges of every float tensor of `model` over `data`."""
+    from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator
+
+    if method not in METHODS:
+        raise MaedetError(f"unknown calibration method {method!r} (choose from {', '.join(METHODS)})")
+    if not 0 < percentile <= 100:
+        raise MaedetError(f"percentile must be in (0, 100], got {percentile}")
+    proto = model.model if isinstance(model, Prepared) else model
+    started = time.perf_counter()
+    total = len(data)
+    with tempfile.TemporaryDirectory(prefix="maedet-calib-") as tmp:
+        path = Path(tmp) / "model.onnx"
+        onnx.save(proto, str(path))
+        with _quiet():
+            if method == "minmax":
+                calibrator = create_calibrator(path, None, str(Path(tmp) / "augmented.onnx"),
+                                               CalibrationMethod.MinMax, extra_options={"symmetric": True})
+            else:
+                calibrator = create_calibrator(path, None, str(Path(tmp) / "augmented.onnx"),
+                                               CalibrationMethod.Percentile,
+                                               extra_options={"symmetric": True, "num_bins": HISTOGRAM_BINS,
+                                                              "percentile": percentile})
+        if progress:
+            progress("calibrate", 0, total)
+        samples = 0
+        for index, batch in enumerate(data):
+            try:
+                with _quiet():
+                    calibrator.collect_data(FeedReader([batch.feed]))
+            except MaedetError:
+                raise
+            except Exception as exc:  # onnxruntime's Fail/InvalidArgument on a bad feed
+                raise MaedetError(f"calibration inference failed: {_first_line(exc)}") from None
+            samples += batch.valid
+            if progress:
+                progress("calibrate", index + 1, total)
+        if samples == 0:
+            raise MaedetError("no calibration data")
+        with _quiet():
+            if method == "entropy":
+                histograms = calibrator.collector.histogram_dict
+                amax = {name: entropy_amax(h[0], h[1]) for name, h in histograms.items()}
+            else:
+                computed = calibrator.compute_data()
+                amax = {name: float(np.max(np.abs(np.concatenate([np.ravel(v) for v in td.range_value]))))
+                        for name, td in computed.items()}
+        del calibrator
+    return Calibration(method, amax, samples, time.perf_counter() - started,
+                       percentile if method == "percentile" else None)
+
+
+# --------------------------------------------------------------- 3. quantize
+
+def quantize_qdq(model: Prepared | onnx.ModelProto, calibration: Calibration, exclude: Collection[str] = (),
+                 placement: str = "tensorrt", per_channel: bool = True) -> onnx.ModelProto:
+    """The Q/DQ model of a prepared float model, with `exclude` node names left float."""
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.calibrate import save_tensors_data
+
+    if placement not in PLACEMENTS:
+        raise MaedetError(f"unknown Q/DQ placement {placement!r} (choose from {', '.join(PLACEMENTS)})")
+    op_types, quantize_outputs = PLACEMENTS[placement]
+    proto = model.model if isinstance(model, Prepared) else model
+    tensors = calibration.tensors_data()
+    extra = {"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False,
+             "QDQKeepRemovableActivations": True}
+    if not quantize_outputs:
+        extra["OpTypesToExcludeOutputQuantization"] = list(COMPUTE_OPS)
+    with tempfile.TemporaryDirectory(prefix="maedet-calib-") as tmp:
+        src, dst, cache = Path(tmp) / "float.onnx", Path(tmp) / "qdq.onnx", Path(tmp) / "ranges.json"
+        onnx.save(proto, str(src))
+        save_tensors_data(tensors, cache)
+        try:
+            with _quiet():
+                quantize_static(str(src), str(dst), None, quant_format=QuantFormat.QDQ,
+                                op_types_to_quantize=list(op_types) if op_types else None,
+                                per_channel=per_channel, reduce_range=False,
+                                activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                                nodes_to_exclude=sorted(exclude), calibrate_method=tensors.calibration_method,
+                                extra_options=extra, calibration_cache_path=str(cache))
+        except Exception as exc:  # onnxruntime.quantization raises assorted types
+            raise MaedetError(f"onnxruntime quantization failed: {_first_line(exc)}") from None
+        return onnx.load(str(dst))
+
+
+def qdq_summary(model: onnx.ModelProto) -> dict[str, Any]:
+    """What a TensorRT user checks in a Q/DQ graph: counts, types, zero points, per-channel weights."""
+    initializers = {init.name: init for init in model.graph.initializer}
+    made_by = {out: node for node in model.graph.node for out in node.output}
+    quantize = [n for n in model.graph.node if n.op_type == "QuantizeLinear"]
+    dequantize = [n for n in model.graph.node if n.op_type == "DequantizeLinear"]
+    zero_points, types, per_channel, per_tensor = [], set(), 0, 0
+    for node in quantize + dequantize:
+        if len(node.input) > 2 and node.input[2] in initializers:
+            zp = numpy_helper.to_array(initializers[node.input[2]])
+            zero_points.append(zp)
+            types.add(str(zp.dtype))
+        if node.op_type == "DequantizeLinear" and node.input[0] in initializers and node.input[0] not in made_by:
+            scale = numpy_helper.to_array(initializers[node.input[1]])
+            types.add(str(numpy_helper.to_array(initializers[node.input[0]]).dtype))
+            if scale.size > 1:
+                per_channel += 1
+            else:
+                per_tensor += 1
+    dq_consumed = {out for n in dequantize for out in n.output}
+    quantized_layers = [n.name for n in model.graph.node
+                        if n.op_type in COMPUTE_OPS and any(i in dq_consumed for i in n.input)]
+    float_layers = [n.name for n in model.graph.node
+                    if n.op_type in COMPUTE_OPS and not any(i in dq_consumed for i in n.input)]
+    return {
+        "quantize_linear": len(quantize),
+        "dequantize_linear": len(dequantize),
+        "quantized_types": sorted(types),
+        "zero_points_all_zero": all(not np.any(zp) for zp in zero_points),
+        "per_channel_weights": per_channel,
+        "per_tensor_weights": per_tensor,
+        "quantized_layers": len(quantized_layers),
+        "float_layers": float_layers,
+    }
+
+
+def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> Path:
+    """Write an ONNX model atomically (complete or absent)."""
+    with atomic_path(path) as tmp:
+        onnx.save(model, str(tmp))
+    return Path(path)
+
+
+@dataclass
+class Int8Result:
+    model: onnx.ModelProto
+    prepared: Prepared
+    calibration: Calibration
+    excluded: dict[str, str]  # node name -> reason
+    placement: str
+    summary: dict[str, Any] = field(default_factory=dict)
+    path: Path | None = None
+
+
+def exclusions(model: Prepared | onnx.ModelProto, exclude: Iterable[str] = (),
+               use_defaults: bool = True) -> dict[str, str]:
+    """Node name -> reason, for the default float layers and the user's names/op types/patterns."""
+    proto = model.model if isinstance(model, Prepared) else model
+    out = default_exclusions(proto) if use_defaults else {}
+    out.update(resolve_exclusions(proto, exclude))
+    return out
+
+
+def quantize_int8(model: str | os.PathLike | bytes | onnx.ModelProto, data: DataSource | Calibration,
+                  out: str | os.PathLike | None = None, *, method: str = "entropy", percentile: float = 99.99,
+                  exclude: Iterable[str] = (), default_exclusions: bool = True, placement: str = "tensorrt",
+                  per_channel: bool = True, preprocess: bool = True, prepared: Prepared | None = None,
+                  progress: Progress | None = None) -> Int8Result:
+    """Float ONNX -> Q/DQ INT8 ONNX (written to `out` atomically when given).
+
+    `data` is calibration data (a DataSource) or a Calibration computed before on
+    the same prepared model (pass that `prepared` too)."""
+    prepared = prepared or prepare(model, preprocess)
+    calibration = data if isinstance(data, Calibration) else calibrate(prepared, data, method, percentile, progress)
+    excluded = exclusions(prepared, exclude, default_exclusions)
+    if progress:
+        progress("quantize", 0, 1)
+    quantized = quantize_qdq(prepared, calibration, excluded, placement, per_channel)
+    if progress:
+        progress("quantize", 1, 1)
+    result = Int8Result(quantized, prepared, calibration, excluded, placement, qdq_summary(quantized))
+    if out is not None:
+        result.path = save_model(quantized, out)
+    return result
