@@ -9,6 +9,7 @@ from typing import Any
 from rich.console import Console
 
 from ..errors import MaedetError
+from ..format import human  # noqa: F401  (re-exported for the commands)
 
 console = Console()
 err_console = Console(stderr=True)
@@ -28,10 +29,3 @@ def parse_image_size(text: str) -> int | tuple[int, int]:
     if len(parts) not in (1, 2) or min(parts) < 1:
         raise MaedetError(f"image size must look like 480 or 480x640, got {text!r}")
     return parts[0] if len(parts) == 1 else (parts[0], parts[1])
-
-
-def human(number: float) -> str:
-    for unit, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
-        if abs(number) >= scale:
-            return f"{number / scale:.2f}{unit}"
-    return f"{number:g}"
