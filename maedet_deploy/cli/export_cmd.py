@@ -33,7 +33,7 @@ def export(
     opset: Annotated[int, typer.Option(help="ONNX opset, 17..20.")] = 17,
     simplify: Annotated[bool, typer.Option("--simplify/--no-simplify", help="Simplify with onnxslim.")] = True,
     tolerance: Annotated[float, typer.Option(help="Fail if ONNX Runtime and PyTorch differ by more than this "
-                                                  "(absolute up to 1, relative above: pixel boxes).")] = 1e-3,
+                                                  "in image units (boxes / longer image side; scores).")] = 1e-3,
     as_json: Annotated[bool, typer.Option("--json", help="Print the export report as JSON.")] = False,
 ) -> None:
     """Export a detector to ONNX, check it, simplify it and verify it in ONNX Runtime against PyTorch."""
@@ -55,6 +55,7 @@ def export(
     for name, dims in report.outputs.items():
         table.add_row(f"output {name}", "x".join(map(str, dims)))
     table.add_row("opset", str(report.opset))
-    table.add_row("max abs error vs PyTorch", f"{report.max_abs_error:.3g} (relative {report.max_rel_error:.3g})")
+    table.add_row("max abs error vs PyTorch",
+                  f"{report.max_abs_error:.3g} ({report.max_image_error:.3g} in image units)")
     table.add_row("seconds", f"{report.seconds:.2f}")
     console.print(table)

@@ -8,6 +8,6 @@ from .entropy import forward_stage_entropies
 
 __all__ = [
     "DEFAULT_OUT_INDICES", "Backbone", "create_backbone", "from_structure", "ConvBN", "ResidualUnit",
-    "build_block", "calibrate_batchnorm", "fold_batchnorm", "load_weights", "read_state_dict", "PAN", "Detector", "Head", "create_detector",
-    "forward_stage_entropies",
+    "build_block", "calibrate_batchnorm", "fold_batchnorm", "load_weights", "read_state_dict", "PAN",
+    "Detector", "Head", "create_detector", "forward_stage_entropies",
 ]
