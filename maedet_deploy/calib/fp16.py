@@ -155,9 +155,9 @@ def convert_fp16(model: str | os.PathLike | bytes | onnx.ModelProto, out: str | 
     for node in graph.node:
         if node.op_type == "Constant":
             continue
-        for out in node.output:
-            if types.get(out) == FLOAT:
-                home[out] = FLOAT16 if half[node.name] and node.op_type != "Cast" else FLOAT
+        for produced in node.output:
+            if types.get(produced) == FLOAT:
+                home[produced] = FLOAT16 if half[node.name] and node.op_type != "Cast" else FLOAT
 
     # store constants in float16
     for init in graph.initializer:

@@ -265,7 +265,43 @@ def quantize_qdq(model: Prepared | onnx.ModelProto, calibration: Calibration, ex
                                 extra_options=extra, calibration_cache_path=str(cache))
         except Exception as exc:  # onnxruntime.quantization raises assorted types
             raise MaedetError(f"onnxruntime quantization failed: {_first_line(exc)}") from None
-        return onnx.load(str(dst))
+        return float_inputs_for(onnx.load(str(dst)), exclude)
+
+
+def float_inputs_for(model: onnx.ModelProto, names: Collection[str]) -> onnx.ModelProto:
+    """Make excluded nodes read float activations, in place.
+
+    onnxruntime quantizes a tensor once for all its readers, so a node left out
+    of quantization still reads the dequantized copy whenever another reader (or
+    the producer's output quantization) asked for Q/DQ. Such a node is rewired to
+    the float tensor in front of the QuantizeLinear, and Q/DQ nodes nobody reads
+    any more are dropped. (A weight shared with a quantized node stays
+    dequantized: the float initializer no longer exists.)"""
+    names = set(names)
+    made_by = {out: node for node in model.graph.node for out in node.output}
+    for node in model.graph.node:
+        if node.name not in names:
+            continue
+        for slot, tensor in enumerate(node.input):
+            dq = made_by.get(tensor)
+            if dq is None or dq.op_type != "DequantizeLinear":
+                continue
+            q = made_by.get(dq.input[0])
+            if q is not None and q.op_type == "QuantizeLinear":
+                node.input[slot] = q.input[0]
+    graph_outputs = {out.name for out in model.graph.output}
+    while True:
+        read = {name for node in model.graph.node for name in node.input} | graph_outputs
+        dead = [node for node in model.graph.node
+                if node.op_type in ("QuantizeLinear", "DequantizeLinear") and not any(o in read for o in node.output)]
+        if not dead:
+            break
+        for node in dead:
+            model.graph.node.remove(node)
+    used = {name for node in model.graph.node for name in node.input}
+    for init in [init for init in model.graph.initializer if init.name not in used and init.name not in graph_outputs]:
+        model.graph.initializer.remove(init)
+    return model
 
 
 def qdq_summary(model: onnx.ModelProto) -> dict[str, Any]:

@@ -135,8 +135,8 @@ def run_calibration(settings: CalibrateSettings, progress: Progress | None = Non
         comparison = evaluator.compare(converted, progress, "compare") if evaluator else None
     else:
         prepared = prepare(original, settings.preprocess_model)
+        excluded = exclusions(prepared, settings.exclude, settings.default_exclusions)  # fails fast on bad names
         calibration = calibrate(prepared, calib_data, settings.method, settings.percentile, progress)
-        excluded = exclusions(prepared, settings.exclude, settings.default_exclusions)
         if progress:
             progress("quantize", 0, 1)
         converted = quantize_qdq(prepared, calibration, excluded, settings.placement, settings.per_channel)
