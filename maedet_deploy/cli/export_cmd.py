@@ -8,8 +8,6 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from ..export import export_onnx
-from ..models import create_detector
 from .common import console, human, parse_image_size, print_json
 
 
@@ -37,6 +35,9 @@ def export(
     as_json: Annotated[bool, typer.Option("--json", help="Print the export report as JSON.")] = False,
 ) -> None:
     """Export a detector to ONNX, check it, simplify it and verify it in ONNX Runtime against PyTorch."""
+    from ..export import export_onnx  # torch is heavy: import it only when exporting
+    from ..models import create_detector
+
     size = parse_image_size(image_size)
     detector = create_detector(structure, num_classes=num_classes, image_size=size, neck_channels=neck_channels,
                                checkpoint=checkpoint)
