@@ -8,15 +8,16 @@ Steps, each a plain function (Polygraphy-style, testable one at a time):
    Q/DQ lands on the layers TensorRT will actually run, not on a BN that it
    would fuse away. If the pre-processing fails on a model, the model is used
    as is and the reason is kept.
-2. `calibrate`: per-tensor ranges from the calibration data, through
-   onnxruntime's calibrators (the model augmented to return every float tensor,
-   fed one batch at a time so memory stays flat). `minmax` is the largest
-   absolute value; `percentile` the given percentile of |x| (2048-bin
-   histogram); `entropy` the KL-divergence-minimising threshold over the same
-   histogram with 128 quantized levels, TensorRT's EntropyCalibration2 recipe
-   (onnxruntime's own entropy calibrator defaults to 128 histogram bins, which
-   degenerates to min-max, and its search is a slow Python loop, so the
-   threshold search here is our own, vectorised).
+2. `calibrate`: one pass over the calibration data with the model augmented to
+   return every float tensor, one batch at a time (memory stays flat), keeping
+   per tensor the largest |x| and a 2048-bin histogram of |x|. `minmax` is the
+   largest |x|; `percentile` the given percentile of |x|; `entropy` the
+   KL-divergence-minimising threshold over the histogram with 128 quantized
+   levels, TensorRT's EntropyCalibration2 recipe. The same statistics give any
+   method without another pass (`Calibration.with_method`). (onnxruntime's own
+   calibrators were the first version: its entropy calibrator defaults to 128
+   histogram bins, which degenerates to min-max, searches in a slow Python loop,
+   and each method needs its own pass.)
 3. `quantize_qdq`: onnxruntime's `quantize_static` in QDQ format with the ranges
    (through its calibration-cache file, so calibration runs once for any number
    of exclusion sets): int8 activations and weights, symmetric (zero point 0
@@ -49,7 +50,7 @@ from onnx import numpy_helper
 
 from ..atomic import atomic_path
 from ..errors import MaedetError
-from .data import DataSource, FeedReader
+from .data import DataSource
 from .graph import COMPUTE_OPS, default_exclusions, load_model, name_nodes, resolve_exclusions
 
 METHODS = ("entropy", "percentile", "minmax")
@@ -124,48 +125,125 @@ def prepare(model: str | os.PathLike | bytes | onnx.ModelProto, preprocess: bool
 
 # -------------------------------------------------------------- 2. calibrate
 
-def entropy_amax(hist: np.ndarray, edges: np.ndarray, levels: int = ENTROPY_LEVELS,
-                 max_candidates: int = 512) -> float:
+def _xlogx(x: np.ndarray) -> np.ndarray:
+    return np.where(x > 0, x * np.log(np.where(x > 0, x, 1.0)), 0.0)
+
+
+def entropy_amax(hist: np.ndarray, edges: np.ndarray, levels: int = ENTROPY_LEVELS) -> float:
     """TensorRT's entropy calibration on a histogram of |x|: the clipping threshold
-    whose `levels`-level quantization of the clipped distribution has the least
-    KL divergence from it (outliers folded into the last kept bin)."""
+    (a bin edge from `levels` bins up) whose `levels`-level quantization of the
+    clipped distribution has the least KL divergence from it.
+
+    For clipping after bin e: P is the histogram's first e bins with the clipped
+    tail added to bin e-1; Q merges them into `levels` groups (the last takes the
+    remainder) and spreads each group's mass evenly over its non-empty bins.
+    KL(P||Q) = (sum p log p - sum p log q) / N + log(|Q| / N) only needs per-group
+    sums, so every candidate e is scored at once from cumulative sums (exact,
+    no search heuristics; infinite where P has mass in an empty bin)."""
     hist = np.asarray(hist, dtype=np.float64)
     bins = hist.size
-    if bins <= levels or hist.sum() == 0:
+    total_mass = hist.sum()
+    if bins <= levels or total_mass == 0:
         return float(edges[-1])
-    stride = max(1, (bins - levels) // max_candidates)
-    best_kl, best_end = np.inf, bins
-    tail = np.concatenate([np.cumsum(hist[::-1])[::-1], [0.0]])  # tail[i] = hist[i:].sum()
-    for end in range(levels, bins + 1, stride):
-        kept = hist[:end]
-        p = kept.copy()
-        p[-1] += tail[end]
-        nonzero = kept > 0
-        group = np.minimum(np.arange(end) // (end // levels), levels - 1)
-        total = np.bincount(group, weights=kept, minlength=levels)
-        count = np.bincount(group, weights=nonzero, minlength=levels)
-        q = np.where(nonzero, (total / np.maximum(count, 1))[group], 0.0)
-        p_sum, q_sum = p.sum(), q.sum()
-        if q_sum == 0:
-            continue
-        support = p > 0
-        if np.any(support & (q == 0)):
-            continue  # infinite divergence
-        kl = float(np.sum(p[support] / p_sum * np.log((p[support] / p_sum) / (q[support] / q_sum))))
-        if kl < best_kl:
-            best_kl, best_end = kl, end
-    return float(edges[min(best_end, bins)])
+    ends = np.arange(levels, bins + 1)
+    width = ends // levels
+    mass = np.concatenate([[0.0], np.cumsum(hist)])
+    filled = np.concatenate([[0], np.cumsum(hist > 0)])
+    entropy_terms = np.concatenate([[0.0], np.cumsum(_xlogx(hist))])
+    group = np.arange(levels)
+    starts = group[None, :] * width[:, None]
+    stops = np.where(group[None, :] == levels - 1, ends[:, None], starts + width[:, None])
+    group_mass = mass[stops] - mass[starts]
+    group_bins = filled[stops] - filled[starts]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        log_level = np.where(group_mass > 0, np.log(group_mass / np.maximum(group_bins, 1)), 0.0)
+    tail = total_mass - mass[ends]
+    last = hist[ends - 1]
+    p_log_p = entropy_terms[ends - 1] + _xlogx(last + tail)
+    p_log_q = (group_mass * log_level).sum(1) + np.where(last > 0, tail * log_level[:, -1], 0.0)
+    kept = mass[ends]
+    with np.errstate(divide="ignore"):
+        divergence = (p_log_p - p_log_q) / total_mass + np.log(kept / total_mass)
+    divergence[(tail > 0) & (last == 0)] = np.inf
+    if not np.isfinite(divergence).any():
+        return float(edges[-1])
+    return float(edges[ends[int(np.argmin(divergence))]])
+
+
+class AbsHistogram:
+    """Running histogram of |x| over [0, top]: `bins` equal bins; when a larger value
+    arrives the range doubles (adjacent bins merge, exactly), so one pass serves
+    min-max, percentile and entropy alike."""
+
+    def __init__(self, bins: int = HISTOGRAM_BINS) -> None:
+        self.bins = bins
+        self.hist = np.zeros(bins, dtype=np.int64)
+        self.top = 0.0
+        self.amax = 0.0
+
+    def add(self, values: np.ndarray) -> None:
+        flat = np.abs(np.asarray(values, dtype=np.float32).ravel())
+        flat = flat[np.isfinite(flat)]
+        if flat.size == 0:
+            return
+        peak = float(flat.max())
+        self.amax = max(self.amax, peak)
+        if peak == 0:
+            self.hist[0] += flat.size
+            return
+        if self.top == 0:
+            self.top = peak
+        while peak > self.top:
+            self.hist = np.concatenate([self.hist.reshape(-1, 2).sum(1), np.zeros(self.bins // 2, np.int64)])
+            self.top *= 2
+        index = (flat * np.float32(self.bins / self.top)).astype(np.int64)
+        np.minimum(index, self.bins - 1, out=index)
+        self.hist += np.bincount(index, minlength=self.bins)
+
+    @property
+    def edges(self) -> np.ndarray:
+        return np.linspace(0.0, self.top, self.bins + 1)
+
+    def percentile(self, q: float) -> float:
+        """The upper edge of the bin where the cumulative share of |x| reaches q %."""
+        total = self.hist.sum()
+        if total == 0 or self.top == 0:
+            return self.amax
+        index = int(np.searchsorted(np.cumsum(self.hist) / total, q / 100.0))
+        return float(min(self.edges[min(index + 1, self.bins)], self.amax))
+
+    def entropy(self) -> float:
+        if self.top == 0:
+            return self.amax
+        return min(entropy_amax(self.hist, self.edges), self.amax)
 
 
 @dataclass
 class Calibration:
-    """Per-tensor absolute ranges (amax) of the prepared model's float tensors."""
+    """Per-tensor absolute ranges (amax) of the prepared model's float tensors, and the
+    statistics they came from (so another method needs no second pass over the data)."""
 
     method: str
     amax: dict[str, float]
     samples: int
     seconds: float
     percentile: float | None = None
+    statistics: dict[str, AbsHistogram] = field(default_factory=dict, repr=False)
+
+    def with_method(self, method: str, percentile: float = 99.99) -> "Calibration":
+        """The same statistics read with another method."""
+        if method not in METHODS:
+            raise MaedetError(f"unknown calibration method {method!r} (choose from {', '.join(METHODS)})")
+        if not 0 < percentile <= 100:
+            raise MaedetError(f"percentile must be in (0, 100], got {percentile}")
+        if method == "minmax":
+            amax = {name: h.amax for name, h in self.statistics.items()}
+        elif method == "percentile":
+            amax = {name: h.percentile(percentile) for name, h in self.statistics.items()}
+        else:
+            amax = {name: h.entropy() for name, h in self.statistics.items()}
+        return Calibration(method, amax, self.samples, self.seconds,
+                           percentile if method == "percentile" else None, self.statistics)
 
     def tensors_data(self):
         from onnxruntime.quantization.calibrate import CalibrationMethod, TensorData, TensorsData
@@ -181,57 +259,65 @@ class Calibration:
         return self.amax[name] / 127.0
 
 
+def calibration_tensors(model: onnx.ModelProto, op_types: Collection[str] | None = None) -> list[str]:
+    """Float activations read or written by the nodes (of `op_types`, or all nodes)."""
+    float_types = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)
+    try:
+        typed = onnx.shape_inference.infer_shapes(model)
+    except Exception:  # type information is best effort; untyped tensors are skipped
+        typed = model
+    types = {v.name: v.type.tensor_type.elem_type for v in
+             list(typed.graph.value_info) + list(typed.graph.input) + list(typed.graph.output)}
+    initializers = {init.name for init in model.graph.initializer}
+    names: dict[str, None] = {}
+    for node in model.graph.node:
+        if op_types is None or node.op_type in op_types:
+            for name in list(node.input) + list(node.output):
+                if name and name not in initializers and types.get(name) in float_types:
+                    names[name] = None
+    return list(names)
+
+
 def calibrate(model: Prepared | onnx.ModelProto, data: DataSource, method: str = "entropy",
-              percentile: float = 99.99, progress: Progress | None = None) -> Calibration:
-    """Collect ranges of every float tensor of `model` over `data`."""
-    from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator
+              percentile: float = 99.99, progress: Progress | None = None,
+              op_types: Collection[str] | None = None) -> Calibration:
+    """Run `model` over `data` once, keeping a |x| histogram and the max of every float
+    tensor (of the nodes of `op_types`, default all); ranges by `method`."""
+    from ..backends import load_runner
+    from .graph import expose
 
     if method not in METHODS:
         raise MaedetError(f"unknown calibration method {method!r} (choose from {', '.join(METHODS)})")
-    if not 0 < percentile <= 100:
-        raise MaedetError(f"percentile must be in (0, 100], got {percentile}")
     proto = model.model if isinstance(model, Prepared) else model
     started = time.perf_counter()
-    total = len(data)
-    with tempfile.TemporaryDirectory(prefix="maedet-calib-") as tmp:
-        path = Path(tmp) / "model.onnx"
-        onnx.save(proto, str(path))
-        with _quiet():
-            if method == "minmax":
-                calibrator = create_calibrator(path, None, str(Path(tmp) / "augmented.onnx"),
-                                               CalibrationMethod.MinMax, extra_options={"symmetric": True})
-            else:
-                calibrator = create_calibrator(path, None, str(Path(tmp) / "augmented.onnx"),
-                                               CalibrationMethod.Percentile,
-                                               extra_options={"symmetric": True, "num_bins": HISTOGRAM_BINS,
-                                                              "percentile": percentile})
+    tensors = calibration_tensors(proto, op_types)
+    inputs = {i.name for i in proto.graph.input}
+    runner = load_runner(expose(proto, [t for t in tensors if t not in inputs]).SerializeToString(), "onnxruntime",
+                         graph_optimization="none")
+    statistics = {name: AbsHistogram() for name in tensors}
+    total, samples = len(data), 0
+    if progress:
+        progress("calibrate", 0, total)
+    for index, batch in enumerate(data):
+        try:
+            outputs = runner.infer(batch.feed)
+        except Exception as exc:  # onnxruntime's Fail/InvalidArgument on a bad feed
+            raise MaedetError(f"calibration inference failed: {_first_line(exc)}") from None
+        for name in tensors:
+            value = batch.feed.get(name) if name in inputs else outputs.get(name)
+            if value is not None:
+                statistics[name].add(value[:batch.valid] if value.ndim and len(value) == len(batch.metas)
+                                     else value)
+        samples += batch.valid
         if progress:
-            progress("calibrate", 0, total)
-        samples = 0
-        for index, batch in enumerate(data):
-            try:
-                with _quiet():
-                    calibrator.collect_data(FeedReader([batch.feed]))
-            except MaedetError:
-                raise
-            except Exception as exc:  # onnxruntime's Fail/InvalidArgument on a bad feed
-                raise MaedetError(f"calibration inference failed: {_first_line(exc)}") from None
-            samples += batch.valid
-            if progress:
-                progress("calibrate", index + 1, total)
-        if samples == 0:
-            raise MaedetError("no calibration data")
-        with _quiet():
-            if method == "entropy":
-                histograms = calibrator.collector.histogram_dict
-                amax = {name: entropy_amax(h[0], h[1]) for name, h in histograms.items()}
-            else:
-                computed = calibrator.compute_data()
-                amax = {name: float(np.max(np.abs(np.concatenate([np.ravel(v) for v in td.range_value]))))
-                        for name, td in computed.items()}
-        del calibrator
-    return Calibration(method, amax, samples, time.perf_counter() - started,
-                       percentile if method == "percentile" else None)
+            progress("calibrate", index + 1, total)
+    runner.close()
+    if samples == 0:
+        raise MaedetError("no calibration data")
+    raw = Calibration("minmax", {}, samples, 0.0, statistics=statistics)
+    result = raw.with_method(method, percentile)
+    result.seconds = time.perf_counter() - started
+    return result
 
 
 # --------------------------------------------------------------- 3. quantize
