@@ -11,6 +11,7 @@ from . import search_cmd, structure_cmds
 from . import export_cmd
 from . import deploy_cmds
 from . import calibrate_cmd
+from . import profile_cmd
 from .common import err_console
 
 app = typer.Typer(
@@ -24,6 +25,7 @@ app = typer.Typer(
 app.command()(structure_cmds.info)
 app.command()(structure_cmds.zoo)
 app.command()(search_cmd.search)
+app.command()(profile_cmd.profile)
 app.command()(export_cmd.export)
 app.command()(deploy_cmds.build)
 app.command()(deploy_cmds.bench)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -11,7 +12,8 @@ from rich.table import Table
 
 from ..search.budgets import cost_budgets
 from ..search.evolution import SearchSettings, load_checkpoint, new_state, run_search
-from ..search.outputs import budget_usage, write_outputs
+from ..search.latency import PRECISIONS, SCOPES, LatencyRun, LatencySettings, LatencyTarget, TimingSettings
+from ..search.outputs import budget_usage, write_outputs, write_pareto
 from ..search.score import DEFAULT_ALPHA, parse_alpha
 from ..search.space import SPACES
 from ..structure.cost import as_hw
@@ -40,30 +42,107 @@ def search(
     workers: Annotated[int, typer.Option(help="Worker processes; results are identical for any count.")] = 1,
     checkpoint_every: Annotated[float, typer.Option(help="Seconds between checkpoints.")] = 30.0,
     resume: Annotated[bool, typer.Option(help="Continue the search checkpointed in --out.")] = False,
+    latency_ms: Annotated[Optional[float], typer.Option(
+        help="Latency budget in ms, measured on this machine with --backend (exported to ONNX and timed); "
+             "the winner's measured latency fits it.")] = None,
+    backend: Annotated[str, typer.Option(help="Where latency is measured: onnxruntime or tensorrt.")] = "onnxruntime",
+    batch: Annotated[int, typer.Option(help="Batch size latency is measured at.")] = 1,
+    precision: Annotated[str, typer.Option(help=f"Latency precision: {', '.join(PRECISIONS)} "
+                                                "(fp16 with tensorrt only; int8 is refused).")] = "fp32",
+    threads: Annotated[Optional[int], typer.Option(help="ONNX Runtime intra-op threads for latency "
+                                                        "(default: one per usable physical core).")] = None,
+    latency_scope: Annotated[str, typer.Option(help=f"What the budget covers: {', '.join(SCOPES)} "
+                                                    "(backbone + PAN neck + head at --image-size).")] = "backbone",
+    verify_top: Annotated[int, typer.Option(help="Best candidates measured whole at the end; the winner is the "
+                                                 "best-scoring one within the budget.")] = 3,
+    latency_check_every: Annotated[int, typer.Option(help="Batches between guard checks (the best members "
+                                                          "measured whole, predictor corrected).")] = 40,
+    latency_cache: Annotated[Optional[str], typer.Option(help="Latency cache (SQLite); default "
+                                                              "$MAEDET_LATENCY_CACHE or "
+                                                              "~/.cache/maedet-deploy/latency.sqlite.")] = None,
+    quiet_wait: Annotated[float, typer.Option(help="Seconds a measurement waits for rounds in which no other "
+                                                   "program takes CPU time (0: never wait).")] = 10.0,
+    profile_networks: Annotated[int, typer.Option(help="Random networks whose blocks fit the predictor "
+                                                       "(as `profile --networks`).")] = 24,
+    profile_whole: Annotated[int, typer.Option(help="How many of them are measured whole "
+                                                    "(as `profile --whole`).")] = 8,
 ) -> None:
-    """Evolve backbones that maximise the multi-scale entropy under FLOPs/params/layers budgets.
+    """Evolve backbones that maximise the multi-scale entropy under FLOPs/params/layers/latency budgets.
 
     Example (the paper's detection recipe, ~10 s on a laptop):
     maedet-deploy search --flops 18.8e9 --layers 91 --image-size 480 --out runs/r50
+
+    With --latency-ms, candidates are screened by a predictor built from blocks measured on this
+    machine (`maedet-deploy profile` pre-fills the cache; missing entries are measured on demand),
+    the best members are measured whole every --latency-check-every batches, and the top
+    --verify-top are measured at the end. --workers then parallelizes scoring and predicting only:
+    measuring runs in the main process between batches, while workers are idle, never two at once.
     """
     budgets = cost_budgets(flops=flops, params=params, layers=layers)
     settings = SearchSettings(image_size=as_hw(parse_image_size(image_size)), iterations=iterations,
                               population=population, seed=seed, space=space, alpha=parse_alpha(alpha),
                               fine_after=fine_after, max_channels=max_channels)
-    state = load_checkpoint(out, settings) if resume else new_state(settings, resolve_structure(init), budgets)
-    with Progress(TextColumn("[bold]search"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-                  TimeElapsedColumn(), console=console, transient=False) as progress:
-        task = progress.add_task("search", total=settings.iterations, completed=state.counters.candidates, info="")
+    structure = resolve_structure(init)
+    latency = None
+    if latency_ms is not None:
+        latency = LatencyRun(LatencySettings(latency_ms, LatencyTarget(backend, precision, batch, threads),
+                                             latency_scope, verify_top, latency_check_every, cache_path=latency_cache,
+                                             plan_networks=profile_networks, plan_whole=profile_whole),
+                             settings.image_size, space, structure, max_channels, TimingSettings(patience=quiet_wait))
+    try:
+        if latency:
+            budgets.append(_prepare(latency))
+        state = load_checkpoint(out, settings) if resume else new_state(settings, structure, budgets)
+        if latency and resume:
+            latency.guard.restore(state)
+        with Progress(TextColumn("[bold]search"), BarColumn(), MofNCompleteColumn(),
+                      TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=console,
+                      transient=False) as progress:
+            task = progress.add_task("search", total=settings.iterations, completed=state.counters.candidates,
+                                     info="")
 
-        def on_batch(current) -> None:
-            use = "  ".join(f"{b['name']} {100 * b['fraction']:.0f}%" for b in budget_usage(budgets, current))
-            progress.update(task, completed=current.counters.candidates,
-                            info=f"best {current.population.best().score:.2f}  {use}")
+            def on_batch(current) -> bool:
+                changed = bool(latency and latency.guard(current))
+                use = "  ".join(f"{b['name']} {100 * b['fraction']:.0f}%" for b in budget_usage(budgets, current))
+                progress.update(task, completed=current.counters.candidates,
+                                info=f"best {current.population.best().score:.2f}  {use}")
+                return changed
 
-        state = run_search(state, budgets, workers=workers, checkpoint_dir=out, checkpoint_every=checkpoint_every,
-                           on_batch=on_batch)
-    report = write_outputs(out, state, budgets, top_k)
+            started = time.perf_counter()
+            state = run_search(state, budgets, workers=workers, checkpoint_dir=out,
+                               checkpoint_every=checkpoint_every, on_batch=on_batch)
+            search_s = time.perf_counter() - started
+        if latency is None:
+            _summary(write_outputs(out, state, budgets, top_k))
+            return
+        console.print(f"verifying the top {verify_top} and measuring the Pareto front ({latency.where()})")
+        verification, front, section = latency.finish(state, search_s, workers)
+    finally:
+        if latency:
+            latency.close()
+    write_pareto(out, front, latency_ms, f"score vs latency ({latency.where()})")
+    report = write_outputs(out, state, budgets, top_k, {"latency": section}, winner=verification.winner is not None)
     _summary(report)
+    if verification.winner is None:
+        closest = verification.closest()
+        measured = ", ".join(f"{row['measured_ms']:.2f}" for row in verification.rows)
+        console.print(f"[bold red]no candidate fits --latency-ms {latency_ms:g}:[/] the top {len(verification.rows)} "
+                      f"measured {measured} ms; the closest (rank {closest['rank']}, score {closest['score']:.2f}) "
+                      f"measured {closest['measured_ms']:.2f} ms (predicted {closest['predicted_ms']:.2f} ms). "
+                      f"No best_structure written; see {out / 'report.json'} and pareto.png", highlight=False)
+        raise typer.Exit(1)
+
+
+def _prepare(latency: LatencyRun):
+    """Seed check and profile plan, with a progress bar (cached entries are not re-measured)."""
+    with Progress(TextColumn("[bold]latency profile"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=console, transient=False) as progress:
+        task = progress.add_task("profile", total=None, info=latency.where())
+
+        def advance(done: int, total: int, item: str) -> None:
+            progress.update(task, completed=done, total=total, info=item.split("@")[0][:48])
+
+        return latency.prepare(advance)
 
 
 def _summary(report: dict) -> None:
@@ -79,4 +158,21 @@ def _summary(report: dict) -> None:
                                 f"{report['wall_seconds']:.1f} s)")
     table.add_row("scored / over budget / duplicate",
                   f"{counters['scored']:,} / {sum(counters['over_budget'].values()):,} / {counters['duplicates']:,}")
+    latency = report.get("latency")
+    if latency:
+        winner = latency["winner"]
+        if winner:
+            table.add_row("winner latency", f"measured {winner['measured_ms']:.2f} ms, predicted "
+                                            f"{winner['predicted_ms']:.2f} ms (budget {latency['settings']['limit_ms']:g} ms)")
+        error = latency["predictor"]["verified_out_of_sample"]
+        if error["count"]:
+            table.add_row("predictor error (verified)", f"MAPE {error['mape_pct']:.1f}% on {error['count']}")
+        measured = latency["measurements"]
+        table.add_row("measurements", f"{measured['measured']:,} new, {measured['cached']:,} from the cache"
+                                      + (f", {measured['contended']} contended" if measured["contended"] else ""))
+        seconds = latency["time_s"]
+        predicting = "n/a" if seconds["predicting"] is None else f"{seconds['predicting']:.2f}"
+        table.add_row("time: scoring / predicting / measuring",
+                      f"{seconds['scoring']:.1f} / {predicting} / {seconds['measuring']:.1f} s "
+                      f"(export {measured['export_s']:.1f} s, timing {measured['timing_s']:.1f} s)")
     console.print(table)

@@ -72,6 +72,8 @@ class SearchState:
     next_seq: int = 0
     counters: Counters = field(default_factory=Counters)
     improvements: list[dict] = field(default_factory=list)
+    # State of on_batch hooks that must survive a resume (the latency guard's measurements).
+    extensions: dict = field(default_factory=dict)
 
     @property
     def done(self) -> bool:
@@ -145,19 +147,27 @@ def new_state(settings: SearchSettings, init: Structure, budgets: Sequence[Budge
 
 def run_search(state: SearchState, budgets: Sequence[Budget], workers: int = 1,
                checkpoint_dir: Path | None = None, checkpoint_every: float = 30.0,
-               on_batch: Callable[[SearchState], None] | None = None) -> SearchState:
-    """Evolve until `settings.iterations` candidates have been made."""
+               on_batch: Callable[[SearchState], bool | None] | None = None) -> SearchState:
+    """Evolve until `settings.iterations` candidates have been made.
+
+    `on_batch` runs after every batch; it returns True when it changed the
+    budgets' state (the latency guard refits its predictor), and the
+    evaluator and worker processes are then rebuilt so they judge candidates
+    with the new state."""
     settings = state.settings
     evaluator = Evaluator(settings, state.init, budgets)
-    pool = ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(evaluator,)) if workers > 1 else None
+    pool = _pool(evaluator, workers)
     last_checkpoint = time.monotonic()
     started = time.perf_counter() - state.counters.seconds
     try:
         while not state.done:
             _run_batch(state, evaluator, pool)
             state.counters.seconds = time.perf_counter() - started
-            if on_batch:
-                on_batch(state)
+            if on_batch and on_batch(state):
+                evaluator = Evaluator(settings, state.init, budgets)
+                if pool:
+                    pool.shutdown()
+                    pool = _pool(evaluator, workers)
             if checkpoint_dir and time.monotonic() - last_checkpoint >= checkpoint_every:
                 save_checkpoint(checkpoint_dir, state)
                 last_checkpoint = time.monotonic()
@@ -167,6 +177,10 @@ def run_search(state: SearchState, budgets: Sequence[Budget], workers: int = 1,
     if checkpoint_dir:
         save_checkpoint(checkpoint_dir, state)
     return state
+
+
+def _pool(evaluator: Evaluator, workers: int) -> ProcessPoolExecutor | None:
+    return ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(evaluator,)) if workers > 1 else None
 
 
 def _run_batch(state: SearchState, evaluator: Evaluator, pool: ProcessPoolExecutor | None) -> None:
@@ -244,6 +258,7 @@ def save_checkpoint(directory: Path, state: SearchState) -> None:
         "counters": asdict(state.counters),
         "population": state.population.to_list(),
         "improvements": state.improvements,
+        "extensions": state.extensions,
     }
     write_text(Path(directory) / CHECKPOINT, json.dumps(payload))
 
@@ -262,7 +277,8 @@ def load_checkpoint(directory: Path, settings: SearchSettings) -> SearchState:
         state = SearchState(saved, Structure.from_dicts(payload["init"]),
                             Population.from_list(saved.population, payload["population"]),
                             int(payload["batch_index"]), int(payload["next_seq"]),
-                            Counters(**payload["counters"]), list(payload["improvements"]))
+                            Counters(**payload["counters"]), list(payload["improvements"]),
+                            dict(payload.get("extensions", {})))
         if not len(state.population):
             raise ValueError("empty population")
     except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError, MaedetError) as exc:

@@ -41,13 +41,20 @@ def search_report(state: SearchState, budgets: Sequence[Budget], extra: dict | N
 
 
 def write_outputs(out: Path, state: SearchState, budgets: Sequence[Budget], top_k: int,
-                  extra: dict | None = None) -> dict[str, Any]:
+                  extra: dict | None = None, winner: bool = True) -> dict[str, Any]:
+    """Every result file; without a `winner` (no candidate verified within a measured budget) the
+    best_structure files are left out, and removed if an earlier run left them, so they never
+    point at a structure that does not fit."""
     out = Path(out)
     best = state.population.best()
-    write_text(out / "best_structure.json", structure_to_json(best.structure, name="search-best", score=best.score,
-                                                              params=best.params, flops=best.flops,
-                                                              layers=best.layers))
-    write_text(out / "best_structure.txt", structure_to_reference_text(best.structure))
+    if winner:
+        write_text(out / "best_structure.json", structure_to_json(best.structure, name="search-best",
+                                                                  score=best.score, params=best.params,
+                                                                  flops=best.flops, layers=best.layers))
+        write_text(out / "best_structure.txt", structure_to_reference_text(best.structure))
+    else:
+        for name in ("best_structure.json", "best_structure.txt"):
+            (out / name).unlink(missing_ok=True)
     top = [{"rank": rank, **member.to_dict()} for rank, member in enumerate(state.population.top(top_k), 1)]
     write_text(out / "top_k.json", json.dumps(top, indent=1) + "\n")
     write_text(out / "search.jsonl", "".join(json.dumps(item) + "\n" for item in state.improvements))
@@ -72,5 +79,36 @@ def plot_progress(path: Path, state: SearchState) -> None:
     axis.grid(alpha=0.3)
     figure.tight_layout()
     with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png")
+    plt.close(figure)
+
+
+def write_pareto(out: Path, rows: Sequence[dict[str, Any]], limit_ms: float, title: str) -> None:
+    """pareto.json (every final member: score, predicted and measured latency, front flag) and
+    pareto.png (score vs latency; measured members filled, predicted-only hollow)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = Path(out)
+    write_text(out / "pareto.json", json.dumps({"limit_ms": limit_ms, "members": list(rows)}, indent=1) + "\n")
+    figure, axis = plt.subplots(figsize=(6, 4), dpi=120)
+    guessed = [r for r in rows if r["measured_ms"] is None]
+    measured = [r for r in rows if r["measured_ms"] is not None]
+    front = sorted((r for r in rows if r["on_front"]), key=lambda r: r["measured_ms"] or r["predicted_ms"])
+    axis.scatter([r["predicted_ms"] for r in guessed], [r["score"] for r in guessed], s=12, facecolors="none",
+                 edgecolors="grey", label="predicted")
+    axis.scatter([r["measured_ms"] for r in measured], [r["score"] for r in measured], s=18, color="tab:blue",
+                 label="measured")
+    axis.step([r["measured_ms"] or r["predicted_ms"] for r in front], [r["score"] for r in front], where="post",
+              color="tab:blue", alpha=0.6, label="Pareto front")
+    axis.axvline(limit_ms, color="tab:red", linestyle="--", label=f"budget {limit_ms:g} ms")
+    axis.set_xlabel("latency (ms)")
+    axis.set_ylabel("entropy score")
+    axis.set_title(title, fontsize=9)
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    with atomic_path(out / "pareto.png") as tmp:
         figure.savefig(tmp, format="png")
     plt.close(figure)

@@ -1,0 +1,659 @@
+"""Hardware-aware search: latency measured on the target, predicted in between, verified at the end.
+
+Measuring (`Measurer`): a candidate, or one block at its input size, is
+exported to ONNX (`export.export_structure_onnx`, random weights) and timed
+with the product's one timing loop (`bench.measure`) on the chosen backend.
+Timing runs in a few short rounds and keeps the round with the lowest median:
+other load on the machine only ever adds time, so the quietest round is the
+best estimate of the target's own latency. Every measurement goes to the
+SQLite cache (`latency_cache`), keyed by device fingerprint and target, and
+is reused by later searches and other processes.
+
+Predicting (`predictor`): the profile plan (`profile_plan`) is a fixed,
+seeded sample of blocks and whole networks from the space around the seed;
+measured once (by `maedet-deploy profile`, or on demand by the first
+search), it fits the block regression and the whole-network correction.
+
+Staying honest (`LatencyGuard`): every N batches the best members are
+measured whole, the correction is refitted on them, and members now over the
+budget leave the population. At the end the top candidates are measured whole
+and the winner is the best-scoring one whose measured latency fits
+(`verify_top`). A search uses only the plan and its own measurements (looked
+up in the cache, measured when missing), never other searches' results, so
+the same seed and cache give the same search, and a second run measures
+nothing new.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import random
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from ..errors import MaedetError
+from ..structure import Block, Cost, Structure, compute_cost
+from ..structure.cost import as_hw
+from .latency_cache import Entry, LatencyCache
+from .population import Member, Population
+from .predictor import NECK_CHANNELS, LatencyPredictor, block_inputs, build_predictor, cross_validated_errors
+from .score import entropy_score
+from .space import Mutator, get_space, round8
+
+PRECISIONS = ("fp32", "fp16", "int8")
+SCOPES = ("backbone", "detector")
+Progress = Callable[[int, int, str], None]
+
+
+@dataclass(frozen=True)
+class LatencyTarget:
+    """Where and how latency is measured; `key()` separates cache rows of different targets."""
+
+    backend: str = "onnxruntime"
+    precision: str = "fp32"
+    batch: int = 1
+    threads: int | None = None   # onnxruntime intra-op threads; None: one per usable physical core
+
+    def __post_init__(self) -> None:
+        from ..backends import BACKENDS
+
+        if self.backend not in BACKENDS:
+            raise MaedetError(f"unknown backend {self.backend!r} (choose from {', '.join(BACKENDS)})")
+        if self.precision not in PRECISIONS:
+            raise MaedetError(f"unknown precision {self.precision!r} (choose from {', '.join(PRECISIONS)})")
+        if self.backend == "onnxruntime" and self.precision != "fp32":
+            raise MaedetError(f"--precision {self.precision} needs --backend tensorrt: ONNX Runtime runs the "
+                              "exported fp32 graph in fp32")
+        if self.precision == "int8":
+            raise MaedetError("--precision int8 needs a calibrated Q/DQ graph per candidate, which search does not "
+                              "build; search for fp16 (or fp32) latency and calibrate the winner")
+        if self.batch < 1:
+            raise MaedetError(f"--batch must be >= 1, got {self.batch}")
+        if self.threads is not None and self.threads < 1:
+            raise MaedetError(f"--threads must be >= 1, got {self.threads}")
+
+    def resolved_threads(self) -> int | None:
+        if self.backend != "onnxruntime":
+            return None
+        if self.threads is not None:
+            return self.threads
+        from ..backends.fingerprint import usable_cores
+        return usable_cores()
+
+    def key(self) -> str:
+        threads = self.resolved_threads()
+        return f"{self.backend}/{self.precision}/b{self.batch}" + (f"/t{threads}" if threads else "")
+
+    def runner_options(self) -> dict[str, Any]:
+        if self.backend == "onnxruntime":
+            return {"intra_threads": self.resolved_threads()}
+        return {"fp16": self.precision == "fp16"}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"backend": self.backend, "precision": self.precision, "batch": self.batch,
+                "threads": self.resolved_threads(), "key": self.key()}
+
+
+@dataclass(frozen=True)
+class TimingSettings:
+    """Rounds of `bench.measure`; the quiet round with the lowest median is kept.
+
+    On a CPU backend a round is quiet when the process got the CPU time it
+    asked for (CPU time >= `quiet` x threads x wall time); a round in which
+    other programs took cores away is repeated, for up to `patience` seconds
+    per measurement, after which the best round is kept and the measurement
+    is marked contended (kept, and counted in reports: a cached number never
+    changes, so a search with a warm cache repeats itself exactly)."""
+
+    rounds: int = 3
+    round_s: float = 0.1
+    min_iterations: int = 5
+    warmup_s: float = 0.05
+    quiet: float = 0.9
+    patience: float = 10.0
+    backoff_s: float = 0.25
+
+
+@dataclass
+class MeasureCounters:
+    measured: int = 0
+    cached: int = 0
+    contended: int = 0
+    export_s: float = 0.0
+    timing_s: float = 0.0
+
+    @property
+    def seconds(self) -> float:
+        return self.export_s + self.timing_s
+
+    def to_dict(self) -> dict[str, float]:
+        return {"measured": self.measured, "cached": self.cached, "contended": self.contended,
+                "export_s": round(self.export_s, 3),
+                "timing_s": round(self.timing_s, 3), "seconds": round(self.seconds, 3)}
+
+
+def block_item(block: Block, height: int, width: int) -> str:
+    return "block:" + ":".join(str(v) for v in block.key()) + f"@{height}x{width}"
+
+
+def network_item(structure: Structure, scope: str, image_size: tuple[int, int]) -> str:
+    digest = hashlib.sha256(json.dumps(structure.to_dicts(), sort_keys=True).encode()).hexdigest()[:20]
+    return f"{scope}:{digest}@{image_size[0]}x{image_size[1]}"
+
+
+class Measurer:
+    """Exports and times structures on one target, through the cache. Measurements run one at a
+    time in this process: timing two things at once would measure their contention."""
+
+    def __init__(self, target: LatencyTarget, cache: LatencyCache, timing: TimingSettings = TimingSettings()) -> None:
+        self.target = target
+        self.cache = cache
+        self.timing = timing
+        self.counters = MeasureCounters()
+        self._workdir = Path(tempfile.mkdtemp(prefix="maedet-latency-"))
+
+    def close(self) -> None:
+        shutil.rmtree(self._workdir, ignore_errors=True)
+        self.cache.close()
+
+    def blocks(self, placed: Sequence[tuple[Block, int, int]], progress: Progress | None = None) -> list[float]:
+        items = [block_item(b, h, w) for b, h, w in placed]
+        return self._many(items, [(Structure((b,)), (h, w), "backbone") for b, h, w in placed], progress)
+
+    def networks(self, structures: Sequence[Structure], image_size: tuple[int, int], scope: str,
+                 progress: Progress | None = None) -> list[float]:
+        items = [network_item(s, scope, image_size) for s in structures]
+        return self._many(items, [(s, image_size, scope) for s in structures], progress)
+
+    def _many(self, items: list[str], jobs: list[tuple[Structure, tuple[int, int], str]],
+              progress: Progress | None) -> list[float]:
+        found = self.cache.get_many(items)
+        results = []
+        for done, (item, (structure, size, scope)) in enumerate(zip(items, jobs)):
+            entry = found.get(item)
+            if entry is None:
+                entry = found[item] = self._measure(structure, size, scope)
+                self.cache.put(item, entry)
+                self.counters.measured += 1
+            else:
+                self.counters.cached += 1
+            results.append(entry.latency_ms)
+            if progress:
+                progress(done + 1, len(items), item)
+        return results
+
+    def _measure(self, structure: Structure, image_size: tuple[int, int], scope: str) -> Entry:
+        from ..backends import load_runner
+        from ..export import export_structure_onnx
+
+        path = self._workdir / "candidate.onnx"
+        report = export_structure_onnx(structure, path, image_size, batch=self.target.batch, scope=scope,
+                                       neck_channels=NECK_CHANNELS)
+        self.counters.export_s += report.seconds
+        start = time.perf_counter()
+        runner = load_runner(path, self.target.backend, **self.target.runner_options())
+        try:
+            best, rounds, quiet = self._time(runner)
+        finally:
+            runner.close()
+        seconds = time.perf_counter() - start
+        self.counters.timing_s += seconds
+        self.counters.contended += not quiet
+        details = {"stats": best.to_dict(), "round_medians_ms": [r.median_ms for r, _ in rounds],
+                   "round_cpu_share": [share for _, share in rounds], "contended": not quiet,
+                   "runner": getattr(runner, "settings", {}), "scope": scope, "image_size": list(image_size),
+                   "blocks": structure.to_dicts()}
+        return Entry(best.median_ms, report.seconds, seconds, details)
+
+    def _time(self, runner):
+        """(kept round, every round with its CPU share, whether `rounds` quiet rounds were had)."""
+        from ..bench import make_feed, measure
+
+        timing = self.timing
+        threads = self.target.resolved_threads()
+        feed = make_feed(runner.inputs, seed=0)
+        rounds = []
+        deadline = time.perf_counter() + timing.patience
+        while True:
+            cpu = time.process_time()
+            stats = measure(runner, feed, warmup=timing.warmup_s if not rounds else 0.0,
+                            duration=timing.round_s, min_iterations=timing.min_iterations)
+            # CPU share per thread over the timed loop and warm-up (a GPU backend has none to judge).
+            share = (time.process_time() - cpu) / (stats.wall_s + stats.warmup_s) / threads if threads else 1.0
+            rounds.append((stats, share))
+            quiet = [r for r, s in rounds if s >= timing.quiet]
+            if len(quiet) >= timing.rounds or (time.perf_counter() > deadline and len(rounds) >= timing.rounds):
+                break
+            if share < timing.quiet:
+                time.sleep(timing.backoff_s)
+        enough = len(quiet) >= timing.rounds
+        best = min(quiet if enough else [r for r, _ in rounds], key=lambda stats: stats.median_ms)
+        return best, rounds, enough
+
+
+# ---- the profile plan ------------------------------------------------------------------------------
+
+PLAN_SEED = 0
+PLAN_SPREAD = 2.0        # channels sampled within [seed / spread, seed * spread] per position
+PLAN_DEPTHS = (1, 1, 2, 3)
+
+
+@dataclass(frozen=True)
+class ProfilePlan:
+    """What to measure before a search: blocks at their input sizes and whole networks."""
+
+    blocks: tuple[tuple[Block, int, int], ...]
+    networks: tuple[Structure, ...]
+
+
+def _log_uniform(rng: random.Random, low: float, high: float) -> float:
+    return math.exp(rng.uniform(math.log(low), math.log(high))) if high > low else low
+
+
+def random_network(rng: random.Random, seed_structure: Structure, mutator: Mutator) -> Structure:
+    """A random network of the space with the seed's strides and block count, channels within
+    PLAN_SPREAD of the seed's at every position, non-decreasing as the space keeps them."""
+    space = mutator.space
+    stem = seed_structure.blocks[0]
+    cap = space.max_channels
+    stem_out = min(cap, round8(_log_uniform(rng, stem.cout / PLAN_SPREAD, stem.cout * PLAN_SPREAD)))
+    blocks = [replace(stem, cout=stem_out)]
+    for index, seed_block in enumerate(seed_structure.blocks[1:], 1):
+        cin = blocks[-1].cout
+        low = max(cin, seed_block.cout / PLAN_SPREAD)
+        high = max(low, min(4 * cin, cap, seed_block.cout * PLAN_SPREAD))
+        cout = max(cin, min(4 * cin, cap, round8(_log_uniform(rng, low, high))))
+        if space.expansion_ratios:
+            btn = round8(cout * rng.choice(space.expansion_ratios))
+        else:
+            btn = min(cout, max(8, round8(_log_uniform(rng, max(8, cout / 10), cout))))
+        depth = min(rng.choice(PLAN_DEPTHS), space.first_block_max_depth if index == 1 else 99)
+        kernel = min(rng.choice(space.kernels), mutator.kernel_caps[index])
+        blocks.append(Block(seed_block.kind, cin, cout, seed_block.stride, kernel, depth, btn))
+    return Structure(tuple(blocks))
+
+
+def profile_plan(space: str, seed_structure: Structure, image_size: tuple[int, int], max_channels: int = 2048,
+                 networks: int = 24, whole: int = 8) -> ProfilePlan:
+    """The blocks of the seed and of `networks` random networks around it (every block at its
+    input size), and the seed plus `whole` of those networks to measure whole. Seeded, so
+    every search and `profile` with the same arguments ask for the same measurements."""
+    if networks < 1 or not 1 <= whole <= networks:
+        raise MaedetError(f"the profile needs >= 1 networks and 1..networks whole ones, got {networks} and {whole}")
+    mutator = Mutator(get_space(space, max_channels), seed_structure, image_size)
+    rng = random.Random(PLAN_SEED)
+    sampled = [random_network(rng, seed_structure, mutator) for _ in range(networks)]
+    placed: dict[tuple, tuple[Block, int, int]] = {}
+    for structure in (seed_structure, *sampled):
+        for block, height, width in block_inputs(structure, image_size):
+            placed.setdefault((block.key(), height, width), (block, height, width))
+    return ProfilePlan(tuple(placed.values()), (seed_structure, *sampled[:whole]))
+
+
+# ---- a search session: measurer, plan, predictor ----------------------------------------------------
+
+
+@dataclass
+class LatencySettings:
+    limit_ms: float
+    target: LatencyTarget = field(default_factory=LatencyTarget)
+    scope: str = "backbone"
+    verify_top: int = 3
+    check_every: int = 40        # batches between guard checks
+    check_top: int = 2           # members measured whole per check
+    cache_path: str | None = None
+    plan_networks: int = 24
+    plan_whole: int = 8
+
+    def __post_init__(self) -> None:
+        if not self.limit_ms > 0:
+            raise MaedetError(f"--latency-ms must be positive, got {self.limit_ms:g}")
+        if self.scope not in SCOPES:
+            raise MaedetError(f"unknown latency scope {self.scope!r} (choose from {', '.join(SCOPES)})")
+        if self.verify_top < 1 or self.check_every < 1 or self.check_top < 0:
+            raise MaedetError("--verify-top and --latency-check-every must be >= 1")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"limit_ms": self.limit_ms, "target": self.target.key(), "scope": self.scope,
+                "verify_top": self.verify_top, "check_every": self.check_every, "check_top": self.check_top,
+                "plan_networks": self.plan_networks, "plan_whole": self.plan_whole}
+
+
+def open_measurer(target: LatencyTarget, cache_path: str | None, timing: TimingSettings = TimingSettings()) -> Measurer:
+    from ..backends import device_fingerprint, fingerprint_id
+
+    fingerprint = device_fingerprint()
+    return Measurer(target, LatencyCache(cache_path, fingerprint_id(fingerprint), fingerprint, target.key()), timing)
+
+
+class LatencySession:
+    """The measurements and predictor of one search (or one `profile`) at one image size and scope."""
+
+    def __init__(self, measurer: Measurer, space: str, init: Structure, image_size: tuple[int, int], scope: str,
+                 max_channels: int = 2048, plan_networks: int = 24, plan_whole: int = 8) -> None:
+        self.measurer = measurer
+        self.space = space
+        self.init = init
+        self.image_size = as_hw(image_size)
+        self.scope = scope
+        self.plan = profile_plan(space, init, self.image_size, max_channels, plan_networks, plan_whole)
+        self.plan_networks: list[tuple[Structure, float]] = []
+        self.extra_networks: list[tuple[Structure, float]] = []   # measured by this search, in order
+        self.predicted_before: dict[tuple, float] = {}   # what the predictor said before each was measured
+        self.base: LatencyPredictor | None = None
+        self.fit_s = 0.0
+        self.block_errors: list[float] = []
+
+    def seed_ms(self) -> float:
+        """The seed measured whole: the first measurement, so a backend that cannot run fails fast."""
+        return self.measurer.networks([self.init], self.image_size, self.scope)[0]
+
+    def prepare(self, progress: Progress | None = None) -> LatencyPredictor:
+        """Measure what the plan asks (cached entries are reused) and fit the predictor."""
+        blocks = self.plan.blocks
+        total = len(blocks) + len(self.plan.networks)
+        block_ms = self.measurer.blocks(blocks, progress and (lambda d, _, item: progress(d, total, item)))
+        network_ms = self.measurer.networks(self.plan.networks, self.image_size, self.scope,
+                                            progress and (lambda d, _, item: progress(len(blocks) + d, total, item)))
+        start = time.perf_counter()
+        samples = [(b, h, w, ms) for (b, h, w), ms in zip(blocks, block_ms)]
+        self.plan_networks = list(zip(self.plan.networks, network_ms))
+        self.base = build_predictor(self.image_size, self.scope, self.measurer.target.batch, samples, [])
+        self.block_errors = cross_validated_errors(samples, self.measurer.target.batch)
+        self.fit_s += time.perf_counter() - start
+        return self.predictor()
+
+    def predictor(self) -> LatencyPredictor:
+        """The block regression with the correction fitted on every network measured so far."""
+        start = time.perf_counter()
+        predictor = self.base.with_calibration(self.plan_networks + self.extra_networks)
+        self.fit_s += time.perf_counter() - start
+        return predictor
+
+    def measure(self, structures: Sequence[Structure], predictor: LatencyPredictor | None = None) -> list[float]:
+        """Measure networks whole (cache first) and add them to the correction's data; `predictor`'s
+        numbers for the new ones are kept, to judge it on networks it had not seen."""
+        known = {s.key(): ms for s, ms in self.plan_networks + self.extra_networks}
+        fresh = [s for s in dict.fromkeys(structures) if s.key() not in known]
+        for structure, ms in zip(fresh, self.measurer.networks(fresh, self.image_size, self.scope)):
+            self.extra_networks.append((structure, ms))
+            known[structure.key()] = ms
+            if predictor is not None:
+                self.predicted_before[structure.key()] = predictor.predicted(structure)
+        return [known[s.key()] for s in structures]
+
+    def fit_report(self, predictor: LatencyPredictor) -> dict[str, Any]:
+        """How well the predictor explains what it was fitted on: blocks (5-fold cross-validated)
+        and networks (the correction's residuals)."""
+        networks = self.plan_networks + self.extra_networks
+        errors = [predictor.predicted(s) / ms - 1 for s, ms in networks]
+        return {"blocks": len(self.plan.blocks), "block_cv": error_summary(self.block_errors),
+                "networks": len(networks), "network_fit": error_summary(errors)}
+
+
+def error_summary(errors: Sequence[float]) -> dict[str, float | int | None]:
+    """MAPE (%), the share within +-10% and the worst error (%), of relative errors."""
+    if not errors:
+        return {"count": 0, "mape_pct": None, "within_10pct": None, "max_abs_pct": None}
+    absolute = [abs(e) for e in errors]
+    return {"count": len(errors), "mape_pct": 100 * sum(absolute) / len(absolute),
+            "within_10pct": sum(a <= 0.10 for a in absolute) / len(absolute), "max_abs_pct": 100 * max(absolute)}
+
+
+# ---- the budget and the guard -------------------------------------------------------------------
+
+
+class LatencyBudget:
+    """The latency budget as a `budgets.Budget`: usage is the predictor's number (the measured one
+    for networks measured whole). Counts its own calls and time (in this process)."""
+
+    name = "latency"
+    unit = "ms"
+
+    def __init__(self, limit: float, predictor: LatencyPredictor) -> None:
+        self.limit = float(limit)
+        self.predictor = predictor
+        self.calls = 0
+        self.seconds = 0.0
+
+    def usage(self, structure: Structure, cost: Cost) -> float:
+        start = time.perf_counter()
+        value = self.predictor.predict(structure, cost)
+        self.seconds += time.perf_counter() - start
+        self.calls += 1
+        return value
+
+
+def _member(structure: Structure, settings, seq: int) -> Member:
+    cost = compute_cost(structure, settings.image_size)
+    return Member(entropy_score(structure, settings.alpha), seq, structure, cost.params, cost.flops, cost.layers)
+
+
+def recheck_population(state, budget: LatencyBudget) -> int:
+    """Drop members the current predictor puts over the budget; returns how many. An emptied
+    population restarts from the seed, which was measured within the budget."""
+    kept = [m for m in state.population.members if budget.predictor.predict(m.structure) <= budget.limit]
+    dropped = len(state.population) - len(kept)
+    if dropped:
+        population = Population(state.population.capacity)
+        for member in kept or [_member(state.init, state.settings, 0)]:
+            population.offer(member)
+        state.population = population
+    return dropped
+
+
+class LatencyGuard:
+    """The evolution's on_batch hook: every `check_every` batches, measure the best members whole,
+    refit the correction, drop members now over budget. Its history lives in the search state,
+    so a resumed search replays it from the cache."""
+
+    def __init__(self, session: LatencySession, budget: LatencyBudget, settings: LatencySettings) -> None:
+        self.session = session
+        self.budget = budget
+        self.settings = settings
+        self.checks: list[dict[str, Any]] = []
+        self.seconds = 0.0
+
+    def restore(self, state) -> None:
+        """Replay a resumed search's checks (measurements come back from the cache)."""
+        saved = state.extensions.get("latency", {})
+        if saved.get("settings", self.settings.to_dict()) != self.settings.to_dict():
+            raise MaedetError("--resume: the checkpoint was made with different latency settings; "
+                              "rerun with the original options or use a new --out")
+        for check in saved.get("checks", []):
+            self.session.measure([Structure.from_dicts(blocks) for blocks in check["measured"]])
+            self.checks.append(check)
+        self.budget.predictor = self.session.predictor()
+
+    def __call__(self, state) -> bool:
+        if state.batch_index % self.settings.check_every or not self.settings.check_top:
+            return False
+        top = [m.structure for m in state.population.top(self.settings.check_top)]
+        structures = [s for s in top if self.budget.predictor.measured(s) is None]
+        if not structures:
+            return False
+        start = time.perf_counter()
+        predicted = [self.budget.predictor.predicted(s) for s in structures]
+        measured = self.session.measure(structures, self.budget.predictor)
+        self.budget.predictor = self.session.predictor()
+        dropped = recheck_population(state, self.budget)
+        self.checks.append({"batch": state.batch_index, "candidates": state.counters.candidates,
+                            "measured": [s.to_dicts() for s in structures], "predicted_ms": predicted,
+                            "measured_ms": measured, "dropped": dropped,
+                            "correction": list(self.budget.predictor.calibration)})
+        state.extensions["latency"] = {"settings": self.settings.to_dict(), "checks": self.checks}
+        self.seconds += time.perf_counter() - start
+        return True
+
+
+# ---- the end: verification and the Pareto front -------------------------------------------------
+
+
+@dataclass
+class Verification:
+    rows: list[dict[str, Any]]
+    winner: dict[str, Any] | None
+
+    def closest(self) -> dict[str, Any]:
+        return min(self.rows, key=lambda row: row["measured_ms"])
+
+
+def verify_top(state, budget: LatencyBudget, session: LatencySession, top: int) -> Verification:
+    """Measure the `top` best members whole; those over the budget leave the population, so its
+    best member is the winner: the best-scoring candidate whose measured latency fits.
+
+    Each row's `predicted_ms` is what the predictor said before the network was first measured
+    (`in_sample` marks the profile's own networks, which the correction was fitted on)."""
+    members = state.population.top(top)
+    measured = session.measure([m.structure for m in members], budget.predictor)
+    budget.predictor = session.predictor()
+    rows = []
+    for rank, (member, ms) in enumerate(zip(members, measured), 1):
+        before = session.predicted_before.get(member.structure.key())
+        predicted = before if before is not None else budget.predictor.predicted(member.structure)
+        rows.append({"rank": rank, "score": member.score, "predicted_ms": predicted, "measured_ms": ms,
+                     "error_pct": 100 * (predicted / ms - 1), "in_sample": before is None,
+                     "within_budget": ms <= budget.limit, "blocks": member.structure.to_dicts()})
+    fitting = [row for row in rows if row["within_budget"]]
+    if not fitting:
+        return Verification(rows, None)
+    recheck_population(state, budget)
+    return Verification(rows, fitting[0])
+
+
+def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
+    """Indices of (score, latency) points no other point beats on both (higher score, lower latency)."""
+    order = sorted(range(len(points)), key=lambda i: (points[i][1], -points[i][0]))
+    front, best = [], -math.inf
+    for index in order:
+        if points[index][0] > best:
+            front.append(index)
+            best = points[index][0]
+    return front
+
+
+def pareto(state, budget: LatencyBudget, session: LatencySession, limit: int = 16) -> list[dict[str, Any]]:
+    """Score vs latency of the final population. Members are placed by their predicted latency
+    and the front's members are measured, until the front (by measured latency where known)
+    holds only measured members or `limit` members have been measured for it."""
+    members = state.population.top(len(state.population))
+    predicted = [budget.predictor.predicted(m.structure) for m in members]
+    measured: dict[int, float] = {i: ms for i, m in enumerate(members)
+                                  if (ms := budget.predictor.measured(m.structure)) is not None}
+    spent = 0
+    while True:
+        points = [(m.score, measured.get(i, predicted[i])) for i, m in enumerate(members)]
+        front = pareto_front(points)
+        missing = [i for i in front if i not in measured]
+        if not missing or spent >= limit:
+            break
+        batch = missing[:limit - spent]
+        for i, ms in zip(batch, session.measure([members[i].structure for i in batch], budget.predictor)):
+            measured[i] = ms
+        spent += len(batch)
+    return [{"score": m.score, "predicted_ms": predicted[i], "measured_ms": measured.get(i),
+             "on_front": i in front, "within_budget": measured.get(i, predicted[i]) <= budget.limit,
+             "params": m.params, "flops": m.flops, "blocks": m.structure.to_dicts()}
+            for i, m in enumerate(members)]
+
+
+# ---- one latency-budgeted search, start to finish ---------------------------------------------------
+
+
+class LatencyRun:
+    """What `search --latency-ms` adds around the evolution: the seed check and the profile
+    before, the budget and the guard during, verification and the Pareto front after."""
+
+    def __init__(self, settings: LatencySettings, image_size: tuple[int, int], space: str, init: Structure,
+                 max_channels: int = 2048, timing: TimingSettings = TimingSettings()) -> None:
+        self.settings = settings
+        self.measurer = open_measurer(settings.target, settings.cache_path, timing)
+        self.session = LatencySession(self.measurer, space, init, image_size, settings.scope, max_channels,
+                                      settings.plan_networks, settings.plan_whole)
+        self.seed_ms: float | None = None
+        self.budget: LatencyBudget | None = None
+        self.guard: LatencyGuard | None = None
+        self.profile_s = 0.0
+
+    def where(self) -> str:
+        size = self.session.image_size
+        return f"{self.settings.target.key()}, {self.settings.scope} at {size[0]}x{size[1]}"
+
+    def prepare(self, progress: Progress | None = None) -> LatencyBudget:
+        """Measure the seed (first: an unusable backend fails here), then the profile plan."""
+        start = time.perf_counter()
+        self.seed_ms = self.session.seed_ms()
+        if self.seed_ms > self.settings.limit_ms:
+            raise MaedetError(f"the seed's measured latency {self.seed_ms:.3f} ms exceeds the --latency-ms budget "
+                              f"{self.settings.limit_ms:g} ms ({self.where()}); raise the budget or start from a "
+                              "smaller --init")
+        predictor = self.session.prepare(progress)
+        self.profile_s = time.perf_counter() - start
+        self.budget = LatencyBudget(self.settings.limit_ms, predictor)
+        self.guard = LatencyGuard(self.session, self.budget, self.settings)
+        return self.budget
+
+    def finish(self, state, search_s: float, workers: int = 1,
+               pareto_limit: int = 16) -> tuple[Verification, list[dict], dict]:
+        """Verify the top candidates, measure the Pareto front; returns both and the report section.
+        `search_s` is the wall time of the evolution (run_search), split here into scoring,
+        predicting and the guard's measuring."""
+        start = time.perf_counter()
+        measuring_before = self.measurer.counters.seconds
+        verification = verify_top(state, self.budget, self.session, self.settings.verify_top)
+        verify_s = time.perf_counter() - start
+        start = time.perf_counter()
+        front = pareto(state, self.budget, self.session, pareto_limit)
+        pareto_s = time.perf_counter() - start
+        finish_measuring = self.measurer.counters.seconds - measuring_before
+        verified = [row for row in verification.rows if not row["in_sample"]]
+        predicting = self.budget.seconds if workers == 1 else None
+        counters = self.measurer.counters
+        report = {
+            "settings": self.settings.to_dict(),
+            "device": {"fingerprint_id": self.measurer.cache.device, **_fingerprint()},
+            "cache": str(self.measurer.cache.path),
+            "seed_measured_ms": self.seed_ms,
+            "status": "ok" if verification.winner else "no verified candidate within the budget",
+            "winner": None if verification.winner is None else
+            {k: verification.winner[k] for k in ("rank", "score", "predicted_ms", "measured_ms", "error_pct")},
+            "verified": verification.rows,
+            "predictor": {"verified_out_of_sample": error_summary([row["error_pct"] / 100 for row in verified]),
+                          "guard_checks": error_summary([p / m - 1 for check in self.guard.checks
+                                                         for p, m in zip(check["predicted_ms"], check["measured_ms"])]),
+                          **self.session.fit_report(self.budget.predictor), "model": self.budget.predictor.to_dict()},
+            "guard": {"checks": len(self.guard.checks), "measured": sum(len(c["measured"]) for c in self.guard.checks),
+                      "dropped": sum(c["dropped"] for c in self.guard.checks)},
+            "measurements": counters.to_dict(),
+            "time_s": {
+                "profile": round(self.profile_s, 3),
+                "search": round(search_s, 3),
+                "scoring": round(search_s - self.guard.seconds - (predicting or 0.0), 3),
+                "predicting": None if predicting is None else round(predicting, 4),
+                "predicting_note": None if predicting is not None else "in worker processes, not timed",
+                "guard": round(self.guard.seconds, 3),
+                "verify": round(verify_s, 3),
+                "pareto": round(pareto_s, 3),
+                "measuring": round(counters.seconds, 3),
+                "measuring_after_search": round(finish_measuring, 3),
+                "fitting": round(self.session.fit_s, 3),
+            },
+            "predictions": self.budget.calls,
+            "pareto": {"members": len(front), "front": sum(r["on_front"] for r in front),
+                       "measured": sum(r["measured_ms"] is not None for r in front)},
+        }
+        return verification, front, report
+
+    def close(self) -> None:
+        self.measurer.close()
+
+
+def _fingerprint() -> dict[str, Any]:
+    from ..backends import device_fingerprint
+    return device_fingerprint()

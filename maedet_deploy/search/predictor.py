@@ -1,0 +1,264 @@
+"""The latency predictor: measured blocks, a regression for the rest, and a whole-network correction.
+
+Three layers, each fitted on measurements from the target (see `latency`):
+- a block measured alone (export + bench) is looked up exactly;
+- any other block is predicted by a non-negative linear regression on its
+  features: multiply-accumulates per conv kind (1x1, dense 3x3 / 5x5 at stride
+  1 or 2, depthwise, the stem), the activation elements and weights it moves,
+  its op count and a per-block constant. A CPU or GPU spends time roughly in
+  proportion to each of these, at a rate that depends on the kind, which is
+  what the coefficients learn;
+- the sum over blocks is corrected by `a * sum + b` (+ `c * lateral MACs` for
+  the detector scope, whose neck widths follow the backbone's stage channels),
+  fitted on whole-network measurements: it absorbs fusion across blocks,
+  per-run overhead and, for the detector, the fixed-width neck and head.
+A network measured whole is looked up exactly, so the seed and every verified
+candidate are judged by their measured number.
+
+Pure numpy and plain data, so budgets holding a predictor pickle cheaply into
+search workers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+
+from ..structure import K1DWK1, K1KXK1, KXKX, STEM, Block, Cost, Structure, compute_cost
+from ..structure.cost import as_hw
+
+FEATURES = ("stem", "pw", "k3", "k5", "k3s2", "k5s2", "dw3", "dw5", "dw3s2", "dw5s2",
+            "act", "weights", "ops", "block")
+_INDEX = {name: i for i, name in enumerate(FEATURES)}
+NECK_CHANNELS = 128      # the detector's PAN width (export_structure_onnx's default), fixed across candidates
+DETECTOR_LEVELS = 3      # the detector reads the last three stages
+MEGA = 1e-6              # features in millions keep the least-squares columns comparable
+
+
+def _down(size: int, stride: int) -> int:
+    return -(-size // stride)
+
+
+def _conv_name(kernel: int, stride: int, depthwise: bool) -> str:
+    if kernel == 1 and not depthwise:
+        return "pw"
+    base = ("dw" if depthwise else "k") + ("3" if kernel <= 3 else "5")
+    return base + ("s2" if stride == 2 else "")
+
+
+def _add_conv(features: np.ndarray, cin: int, cout: int, kernel: int, stride: int, groups: int,
+              pixels_in: int, pixels_out: int, name: str | None = None) -> None:
+    """One conv (+ folded BN, fused ReLU): its MACs under its kind, elements read and written, weights."""
+    weights = cin * cout * kernel * kernel // groups
+    features[_INDEX[name or _conv_name(kernel, stride, groups > 1)]] += weights * pixels_out * MEGA
+    features[_INDEX["act"]] += (cin * pixels_in + cout * pixels_out) * MEGA
+    features[_INDEX["weights"]] += weights * MEGA
+    features[_INDEX["ops"]] += 1
+
+
+def _add_unit(features: np.ndarray, kind: str, cin: int, cout: int, btn: int, kernel: int, stride: int,
+              height: int, width: int, first: bool, batch: int) -> None:
+    """The convs, pool and add of one residual unit, as `models.blocks` builds them."""
+    pix_in = height * width * batch
+    pix_out = _down(height, stride) * _down(width, stride) * batch
+    if kind == K1KXK1:
+        _add_conv(features, cin, btn, 1, 1, 1, pix_in, pix_in)
+        _add_conv(features, btn, btn, kernel, stride, 1, pix_in, pix_out)
+        _add_conv(features, btn, cout, 1, 1, 1, pix_out, pix_out)
+        project = first
+    elif kind == KXKX:
+        _add_conv(features, cin, btn, kernel, 1, 1, pix_in, pix_in)
+        _add_conv(features, btn, cout, kernel, stride, 1, pix_in, pix_out)
+        project = cin != cout
+    elif kind == K1DWK1:
+        _add_conv(features, cin, btn, 1, 1, 1, pix_in, pix_in)
+        _add_conv(features, btn, btn, kernel, stride, btn, pix_in, pix_out)
+        _add_conv(features, btn, cout, 1, 1, 1, pix_out, pix_out)
+        project = cin != cout
+    else:
+        raise ValueError(f"no latency features for block class {kind!r}")
+    if stride == 2:
+        features[_INDEX["act"]] += (cin * pix_in + cin * pix_out) * MEGA
+        features[_INDEX["ops"]] += 1
+    if project:
+        _add_conv(features, cin, cout, 1, 1, 1, pix_out, pix_out)
+    features[_INDEX["act"]] += 3 * cout * pix_out * MEGA   # the residual add reads two maps, writes one
+    features[_INDEX["ops"]] += 1
+
+
+def block_features(block: Block, height: int, width: int, batch: int = 1) -> np.ndarray:
+    """Feature vector (FEATURES order) of a block at its input size."""
+    features = np.zeros(len(FEATURES))
+    features[_INDEX["block"]] = 1.0
+    if block.kind == STEM:
+        pixels_out = _down(height, block.stride) * _down(width, block.stride) * batch
+        _add_conv(features, block.cin, block.cout, block.kernel, block.stride, 1, height * width * batch,
+                  pixels_out, name="stem")
+        return features
+    _add_unit(features, block.kind, block.cin, block.cout, block.btn, block.kernel, block.stride, height, width,
+              True, batch)
+    out_h, out_w = _down(height, block.stride), _down(width, block.stride)
+    if block.depth > 1:
+        rest = np.zeros(len(FEATURES))
+        _add_unit(rest, block.kind, block.cout, block.cout, block.btn, block.kernel, 1, out_h, out_w, False, batch)
+        features += (block.depth - 1) * rest
+    return features
+
+
+def block_inputs(structure: Structure, image_size: tuple[int, int]) -> list[tuple[Block, int, int]]:
+    """Each block with the input height and width it sees."""
+    height, width = image_size
+    placed = []
+    for block in structure.blocks:
+        placed.append((block, height, width))
+        height, width = _down(height, block.stride), _down(width, block.stride)
+    return placed
+
+
+def lateral_macs(cost: Cost, batch: int = 1) -> float:
+    """MACs (millions) of the detector neck's 1x1 lateral convs: the part of neck and head that
+    changes with the candidate (the rest runs at the fixed neck width)."""
+    stages = cost.stages[-DETECTOR_LEVELS:]
+    return sum(s.channels * NECK_CHANNELS * s.height * s.width for s in stages) * batch * MEGA
+
+
+def nnls(matrix: np.ndarray, target: np.ndarray, tolerance: float = 1e-10) -> np.ndarray:
+    """Non-negative least squares (Lawson and Hanson's active set): latencies add, so no
+    feature may buy time back, which keeps extrapolation to unseen blocks sane."""
+    rows, cols = matrix.shape
+    scale = np.linalg.norm(matrix, axis=0)
+    scale[scale == 0] = 1.0
+    a = matrix / scale
+    x = np.zeros(cols)
+    active = np.zeros(cols, dtype=bool)
+    gradient = a.T @ (target - a @ x)
+    for _ in range(3 * cols):
+        free = ~active & (gradient > tolerance)
+        if not free.any():
+            break
+        active[np.argmax(np.where(free, gradient, -np.inf))] = True
+        while True:
+            z = np.zeros(cols)
+            z[active] = np.linalg.lstsq(a[:, active], target, rcond=None)[0]
+            if (z[active] > tolerance).all():
+                x = z
+                break
+            shrinking = active & (z <= tolerance)
+            step = np.min(x[shrinking] / (x[shrinking] - z[shrinking]))
+            x = x + step * (z - x)
+            active &= x > tolerance
+            x[~active] = 0.0
+        gradient = a.T @ (target - a @ x)
+    return x / scale
+
+
+def fit_blocks(features: np.ndarray, latency_ms: np.ndarray) -> np.ndarray:
+    """Coefficients (ms per feature unit) minimising the squared relative error."""
+    weight = 1.0 / latency_ms
+    return nnls(features * weight[:, None], latency_ms * weight)
+
+
+def cross_validated_errors(blocks: Sequence[tuple[Block, int, int, float]], batch: int = 1, folds: int = 5,
+                           seed: int = 0) -> list[float]:
+    """Relative error of each measured block as predicted by a regression fitted without it (k-fold):
+    how well the regression generalizes to the blocks a search meets but never measures."""
+    features = np.array([block_features(b, h, w, batch) for b, h, w, _ in blocks])
+    latency = np.array([ms for *_, ms in blocks])
+    order = np.random.default_rng(seed).permutation(len(latency))
+    errors = np.zeros(len(latency))
+    for part in np.array_split(order, min(folds, len(latency))):
+        train = np.setdiff1d(order, part)
+        coef = fit_blocks(features[train], latency[train])
+        errors[part] = features[part] @ coef / latency[part] - 1.0
+    return errors.tolist()
+
+
+@dataclass
+class LatencyPredictor:
+    """Predicts the latency (ms) of a whole candidate at one image size and scope on one target."""
+
+    image_size: tuple[int, int]
+    scope: str
+    batch: int
+    coef: np.ndarray
+    calibration: tuple[float, ...] = (1.0, 0.0)
+    margin: float = 0.0
+    measured_blocks: dict[tuple, float] = field(default_factory=dict)
+    measured_networks: dict[tuple, float] = field(default_factory=dict)
+    _memo: dict[tuple, float] = field(default_factory=dict, repr=False)
+
+    def block_ms(self, block: Block, height: int, width: int) -> float:
+        key = (block.key(), height, width)
+        value = self._memo.get(key)
+        if value is None:
+            value = self.measured_blocks.get(key)
+            if value is None:
+                value = float(block_features(block, height, width, self.batch) @ self.coef)
+            self._memo[key] = value
+        return value
+
+    def raw_ms(self, structure: Structure) -> float:
+        """Sum of the blocks' latencies, before the whole-network correction."""
+        return sum(self.block_ms(block, h, w) for block, h, w in block_inputs(structure, self.image_size))
+
+    def calibration_features(self, structure: Structure, cost: Cost | None = None) -> list[float]:
+        row = [self.raw_ms(structure), 1.0]
+        if self.scope == "detector":
+            row.append(lateral_macs(cost or compute_cost(structure, self.image_size), self.batch))
+        return row
+
+    def predicted(self, structure: Structure, cost: Cost | None = None) -> float:
+        """The model's number, even for a network that was measured whole."""
+        return float(np.dot(self.calibration, self.calibration_features(structure, cost)[:len(self.calibration)]))
+
+    def predict(self, structure: Structure, cost: Cost | None = None) -> float:
+        """The measured latency when the network was measured whole, else the model's number
+        raised by the safety margin, so what passes the budget tends to measure within it."""
+        measured = self.measured_networks.get(structure.key())
+        return measured if measured is not None else self.predicted(structure, cost) * (1.0 + self.margin)
+
+    def measured(self, structure: Structure) -> float | None:
+        return self.measured_networks.get(structure.key())
+
+    def with_calibration(self, networks: Sequence[tuple[Structure, float]]) -> "LatencyPredictor":
+        """A copy whose correction is fitted on these whole-network measurements (relative least squares).
+
+        With fewer measurements than terms, the terms are dropped from the end
+        (lateral MACs, then the offset), down to a pure scale. The safety margin is
+        the 90th percentile of the fitted networks' under-prediction (from 3 networks on)."""
+        rows = np.array([self.calibration_features(s) for s, _ in networks]) if networks else np.zeros((0, 2))
+        measured = np.array([ms for _, ms in networks])
+        terms = min(rows.shape[1], max(1, len(networks) - 1))
+        if not networks:
+            calibration: tuple[float, ...] = (1.0, 0.0)
+        else:
+            weight = 1.0 / measured
+            solution = np.linalg.lstsq(rows[:, :terms] * weight[:, None], measured * weight, rcond=None)[0]
+            calibration = tuple(float(v) for v in solution)
+        margin = 0.0
+        if len(networks) >= 3:
+            predicted = rows[:, :terms] @ np.array(calibration)
+            margin = max(0.0, float(np.quantile(measured / predicted - 1.0, 0.9)))
+        return LatencyPredictor(self.image_size, self.scope, self.batch, self.coef, calibration, margin,
+                                self.measured_blocks, {s.key(): ms for s, ms in networks})
+
+    def to_dict(self) -> dict:
+        names = ["scale", "offset_ms", "ms_per_lateral_mmac"][:len(self.calibration)]
+        return {"coefficients_ms": {name: float(c) for name, c in zip(FEATURES, self.coef)},
+                "correction": dict(zip(names, self.calibration)), "margin": self.margin,
+                "measured_blocks": len(self.measured_blocks), "measured_networks": len(self.measured_networks)}
+
+
+def build_predictor(image_size: tuple[int, int] | int, scope: str, batch: int,
+                    blocks: Sequence[tuple[Block, int, int, float]],
+                    networks: Sequence[tuple[Structure, float]]) -> LatencyPredictor:
+    """Fit the block regression on measured blocks, then the correction on measured networks."""
+    if not blocks:
+        raise ValueError("the latency predictor needs measured blocks")
+    features = np.array([block_features(b, h, w, batch) for b, h, w, _ in blocks])
+    latency = np.array([ms for *_, ms in blocks])
+    base = LatencyPredictor(as_hw(image_size), scope, batch, fit_blocks(features, latency),
+                            measured_blocks={(b.key(), h, w): ms for b, h, w, ms in blocks})
+    return base.with_calibration(networks)

@@ -1,0 +1,253 @@
+"""Latency-aware search: SQLite cache, real ONNX export + ONNX Runtime measurements, predictor, CLI."""
+
+import json
+import sqlite3
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+from scipy.optimize import nnls as scipy_nnls
+
+from cli_helpers import cli
+from maedet_deploy.errors import MaedetError
+from maedet_deploy.models import build_block
+from maedet_deploy.search.latency import (LatencySession, LatencyTarget, TimingSettings, network_item,
+                                          open_measurer, pareto_front)
+from maedet_deploy.search.latency_cache import Entry, LatencyCache
+from maedet_deploy.search.predictor import (FEATURES, block_features, block_inputs, build_predictor, nnls)
+from maedet_deploy.structure import K1DWK1, K1KXK1, KXKX, STEM, Block, Structure, load_structure
+
+TINY = Structure((
+    Block(STEM, 3, 8, 2, 3), Block(K1KXK1, 8, 16, 2, 3, 1, 8), Block(K1KXK1, 16, 32, 2, 3, 1, 8),
+    Block(K1KXK1, 32, 48, 2, 3, 1, 16), Block(K1KXK1, 48, 64, 1, 3, 1, 16), Block(K1KXK1, 64, 96, 2, 3, 1, 24)))
+SIZE = (64, 64)
+FAST = TimingSettings(rounds=2, round_s=0.01, min_iterations=3, patience=0.0)
+TARGET = LatencyTarget(threads=1)
+# Small plan, no waiting for a quiet machine: fast, and the same plan in the library and the CLI.
+CLI_LATENCY = ["--image-size", "64", "--threads", "1", "--quiet-wait", "0", "--profile-networks", "2",
+               "--profile-whole", "2"]
+
+
+@pytest.fixture
+def tiny_file(tmp_path):
+    path = tmp_path / "tiny.json"
+    path.write_text(json.dumps({"blocks": TINY.to_dicts()}))
+    return path
+
+
+# ---- the cache -------------------------------------------------------------------------------------
+
+
+def test_cache_round_trip_and_reuse_across_processes(tmp_path):
+    path = tmp_path / "latency.sqlite"
+    cache = LatencyCache(path, "dev1", {"cpu": "test"}, "onnxruntime/fp32/b1/t1")
+    entry = Entry(1.25, 0.5, 0.75, {"stats": {"median_ms": 1.25}})
+    cache.put("block:a", entry)
+    assert cache.get("block:a") == entry and cache.get("block:b") is None
+    cache.close()
+    child = textwrap.dedent(f"""
+        from maedet_deploy.search.latency_cache import Entry, LatencyCache
+        cache = LatencyCache({str(path)!r}, "dev1", {{}}, "onnxruntime/fp32/b1/t1")
+        print(cache.get("block:a").latency_ms)
+        cache.put("block:b", Entry(2.5, 0.0, 0.0, {{}}))
+    """)
+    result = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "1.25"
+    again = LatencyCache(path, "dev1", {}, "onnxruntime/fp32/b1/t1")
+    assert again.get_many(["block:a", "block:b"]) == {"block:a": entry, "block:b": Entry(2.5, 0.0, 0.0, {})}
+    assert again.count() == 2
+    # Another device or target never sees these rows.
+    assert LatencyCache(path, "dev2", {}, "onnxruntime/fp32/b1/t1").get("block:a") is None
+    assert LatencyCache(path, "dev1", {}, "onnxruntime/fp32/b2/t1").get("block:a") is None
+
+
+def test_concurrent_writers_lose_nothing(tmp_path):
+    path = tmp_path / "latency.sqlite"
+    writer = textwrap.dedent("""
+        import sys
+        from maedet_deploy.search.latency_cache import Entry, LatencyCache
+        cache = LatencyCache(sys.argv[1], "dev", {}, "t")
+        start, name = int(sys.argv[2]), sys.argv[3]
+        for i in range(start, start + 300):
+            cache.put(f"item{i}", Entry(float(i), 0.0, 0.0, {"writer": name}))
+    """)
+    processes = [subprocess.Popen([sys.executable, "-c", writer, str(path), str(start), name],
+                                  stderr=subprocess.PIPE, text=True)
+                 for start, name in ((0, "a"), (150, "b"))]
+    for process in processes:
+        assert process.wait(timeout=120) == 0, process.stderr.read()
+    cache = LatencyCache(path, "dev", {}, "t")
+    assert cache.count() == 450
+    rows = cache.get_many(f"item{i}" for i in range(450))
+    assert all(rows[f"item{i}"].latency_ms == i for i in range(450))
+    assert {rows[f"item{i}"].details["writer"] for i in range(150, 300)} <= {"a", "b"}
+    assert sqlite3.connect(path).execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+@pytest.mark.parametrize("content", ["garbage", "foreign"])
+def test_corrupt_or_foreign_cache_is_refused_and_left_untouched(tmp_path, content):
+    path = tmp_path / "latency.sqlite"
+    if content == "garbage":
+        path.write_bytes(b"SQLite format 3\x00" + bytes(range(256)) * 20)
+    else:
+        db = sqlite3.connect(path)
+        db.execute("CREATE TABLE photos (id INTEGER)")
+        db.commit()
+        db.close()
+    before = path.read_bytes()
+    with pytest.raises(MaedetError, match="corrupt or not a cache"):
+        LatencyCache(path, "dev", {}, "t")
+    assert path.read_bytes() == before
+    result = cli("profile", "--latency-cache", path, "--image-size", "64")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "corrupt or not a cache" in result.stderr
+    assert path.read_bytes() == before
+
+
+# ---- measuring ---------------------------------------------------------------------------------------
+
+
+def test_measurer_exports_times_and_reuses(tmp_path):
+    measurer = open_measurer(TARGET, str(tmp_path / "c.sqlite"), FAST)
+    placed = block_inputs(TINY, SIZE)[1:3]
+    first = measurer.blocks(placed)
+    assert measurer.counters.measured == 2 and measurer.counters.cached == 0 and min(first) > 0
+    assert measurer.counters.export_s > 0 and measurer.counters.timing_s > 0
+    assert measurer.blocks(placed) == first and measurer.counters.cached == 2
+    whole = measurer.networks([TINY], SIZE, "detector")[0]
+    entry = measurer.cache.get(network_item(TINY, "detector", SIZE))
+    assert entry.latency_ms == whole == entry.details["stats"]["median_ms"]
+    assert entry.details["runner"]["intra_threads"] == 1 and len(entry.details["round_medians_ms"]) >= 2
+    assert whole > measurer.networks([TINY], SIZE, "backbone")[0]   # neck and head cost time
+    measurer.close()
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"precision": "fp16"}, "needs --backend tensorrt"),
+    ({"backend": "tensorrt", "precision": "int8"}, "Q/DQ"),
+    ({"batch": 0}, "--batch"),
+    ({"backend": "tpu"}, "unknown backend"),
+])
+def test_target_refuses_what_it_cannot_measure(options, message):
+    with pytest.raises(MaedetError, match=message):
+        LatencyTarget(**options)
+
+
+# ---- the predictor -----------------------------------------------------------------------------------
+
+
+def test_nnls_matches_scipy():
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        matrix = rng.random((40, 8)) * rng.choice([1e-3, 1.0, 1e3], 8)
+        target = matrix @ rng.normal(size=8) + rng.normal(size=40) * 0.1
+        ours = nnls(matrix, target)
+        reference = scipy_nnls(matrix, target)[0]
+        assert ours.min() >= 0
+        assert np.linalg.norm(matrix @ ours - target) == pytest.approx(np.linalg.norm(matrix @ reference - target),
+                                                                        rel=1e-6)
+
+
+@pytest.mark.parametrize("kind", [K1KXK1, KXKX, K1DWK1])
+def test_block_features_count_the_convs_models_build(kind):
+    """MAC features equal the convs of the torch block, and depth adds identical units."""
+    mac_columns = [i for i, name in enumerate(FEATURES) if name not in ("act", "weights", "ops", "block")]
+    for depth in (1, 2, 3):
+        block = Block(kind, 16, 32, 2, 5, depth, 48)
+        module = build_block(block).eval()
+        macs = []
+        hooks = [m.register_forward_hook(lambda m, i, o: macs.append(m.weight.numel() * o.shape[-1] * o.shape[-2]))
+                 for m in module.modules() if isinstance(m, torch.nn.Conv2d)]
+        with torch.no_grad():
+            module(torch.zeros(1, 16, 20, 20))
+        for hook in hooks:
+            hook.remove()
+        features = block_features(block, 20, 20)
+        assert features[mac_columns].sum() * 1e6 == pytest.approx(sum(macs))
+        assert features[FEATURES.index("ops")] >= len(macs)
+    one, two, three = (block_features(Block(kind, 16, 32, 2, 3, d, 24), 20, 20) for d in (1, 2, 3))
+    assert np.allclose(three - two, two - one)
+
+
+def test_correction_is_fitted_and_measured_networks_are_exact():
+    rng = np.random.default_rng(1)
+    placed = block_inputs(TINY, SIZE)
+    blocks = [(b, h, w, 0.1 + float(rng.random())) for b, h, w in placed]
+    base = build_predictor(SIZE, "backbone", 1, blocks, [])
+    networks = [Structure(TINY.blocks[:-1] + (Block(K1KXK1, 64, c, 2, 3, d, 24),)) for c in (64, 96, 128) for d in (1, 2)]
+    truth = [(s, 1.1 * base.raw_ms(s) + 0.5) for s in networks]
+    fitted = base.with_calibration(truth)
+    assert fitted.calibration == pytest.approx((1.1, 0.5), rel=1e-6)
+    other = Structure(TINY.blocks[:-1] + (Block(K1KXK1, 64, 160, 2, 5, 3, 40),))
+    assert fitted.predict(other) == pytest.approx(1.1 * base.raw_ms(other) + 0.5)
+    assert fitted.predict(networks[0]) == truth[0][1] and fitted.measured(other) is None
+
+
+def test_pareto_front():
+    points = [(10, 5.0), (12, 6.0), (11, 7.0), (9, 4.0), (12, 5.5), (13, 9.0)]
+    assert sorted(pareto_front(points)) == [0, 3, 4, 5]
+
+
+def test_session_profile_plan_is_deterministic_and_predicts(tmp_path):
+    measurer = open_measurer(TARGET, str(tmp_path / "c.sqlite"), FAST)
+    session = LatencySession(measurer, "k1kxk1", TINY, SIZE, "backbone", plan_networks=2, plan_whole=2)
+    again = LatencySession(measurer, "k1kxk1", TINY, SIZE, "backbone", plan_networks=2, plan_whole=2)
+    assert session.plan == again.plan and session.plan.networks[0] == TINY
+    predictor = session.prepare()
+    assert predictor.predict(TINY) == measurer.networks([TINY], SIZE, "backbone")[0]
+    measured_before = measurer.counters.measured
+    again.prepare()
+    assert measurer.counters.measured == measured_before   # everything came from the cache
+    measurer.close()
+
+
+# ---- the CLI -------------------------------------------------------------------------------------------
+
+
+def test_budget_below_the_seed_is_one_line_naming_both(tmp_path, tiny_file):
+    result = cli("search", "--latency-ms", "0.001", "--init", tiny_file, *CLI_LATENCY,
+                 "--latency-cache", tmp_path / "c.sqlite", "--iterations", "10", "--out", tmp_path / "o")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    line = result.stderr.strip()
+    assert len(line.splitlines()) == 1
+    assert "--latency-ms budget 0.001 ms" in line and "seed's measured latency" in line
+
+
+def test_unreachable_backend_is_one_line(tmp_path, tiny_file):
+    result = cli("search", "--latency-ms", "5", "--backend", "tensorrt", "--init", tiny_file, *CLI_LATENCY,
+                 "--latency-cache", tmp_path / "c.sqlite", "--iterations", "10", "--out", tmp_path / "o")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "TensorRT" in result.stderr
+
+
+def test_tiny_latency_search_winner_measures_within_budget_and_warm_cache_repeats(tmp_path, tiny_file):
+    cache = tmp_path / "c.sqlite"
+    measurer = open_measurer(TARGET, str(cache), TimingSettings(patience=0.0))
+    seed_ms = measurer.networks([TINY], SIZE, "backbone")[0]
+    measurer.close()
+    budget = f"{2 * seed_ms:.4f}"
+    args = ["search", "--latency-ms", budget, "--init", tiny_file, *CLI_LATENCY, "--latency-cache", cache,
+            "--iterations", "1200", "--population", "8", "--latency-check-every", "2", "--verify-top", "3"]
+    first = cli(*args, "--out", tmp_path / "a")
+    assert first.returncode == 0, first.stdout + first.stderr
+    report = json.loads((tmp_path / "a" / "report.json").read_text())["latency"]
+    winner = load_structure(tmp_path / "a" / "best_structure.json")
+    measured = LatencyCache(cache, report["device"]["fingerprint_id"], {}, TARGET.key()).get(
+        network_item(winner, "backbone", SIZE)).latency_ms
+    assert measured == report["winner"]["measured_ms"] <= float(budget)
+    assert report["guard"]["checks"] >= 1 and report["measurements"]["measured"] > 0
+    assert set(report["time_s"]) >= {"scoring", "predicting", "measuring", "profile"}
+    assert report["predictor"]["verified_out_of_sample"]["count"] + sum(r["in_sample"] for r in report["verified"]) == 3
+    pareto = json.loads((tmp_path / "a" / "pareto.json").read_text())["members"]
+    assert all(r["measured_ms"] is not None for r in pareto if r["on_front"])
+    assert (tmp_path / "a" / "pareto.png").stat().st_size > 0
+
+    second = cli(*args, "--out", tmp_path / "b")
+    assert second.returncode == 0, second.stdout + second.stderr
+    warm = json.loads((tmp_path / "b" / "report.json").read_text())["latency"]
+    assert warm["measurements"]["measured"] == 0 and warm["measurements"]["cached"] > 0
+    assert load_structure(tmp_path / "b" / "best_structure.json") == winner
