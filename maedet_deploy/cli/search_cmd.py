@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -11,9 +10,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from ..search.budgets import cost_budgets
-from ..search.evolution import SearchSettings, load_checkpoint, new_state, run_search
-from ..search.latency import PRECISIONS, SCOPES, LatencyRun, LatencySettings, LatencyTarget, TimingSettings
-from ..search.outputs import budget_usage, write_outputs, write_pareto
+from ..search.evolution import SearchSettings
+from ..search.job import SearchJob, SearchOutcome, run_search_job
+from ..search.latency import PRECISIONS, SCOPES, LatencySettings, LatencyTarget, TimingSettings
+from ..search.outputs import budget_usage
 from ..search.score import DEFAULT_ALPHA, parse_alpha
 from ..search.space import SPACES
 from ..structure.cost import as_hw
@@ -78,52 +78,18 @@ def search(
     --verify-top are measured at the end. --workers then parallelizes scoring and predicting only:
     measuring runs in the main process between batches, while workers are idle, never two at once.
     """
-    budgets = cost_budgets(flops=flops, params=params, layers=layers)
     settings = SearchSettings(image_size=as_hw(parse_image_size(image_size)), iterations=iterations,
                               population=population, seed=seed, space=space, alpha=parse_alpha(alpha),
                               fine_after=fine_after, max_channels=max_channels)
-    structure = resolve_structure(init)
-    latency = None
-    if latency_ms is not None:
-        latency = LatencyRun(LatencySettings(latency_ms, LatencyTarget(backend, precision, batch, threads),
-                                             latency_scope, verify_top, latency_check_every, cache_path=latency_cache,
-                                             plan_networks=profile_networks, plan_whole=profile_whole),
-                             settings.image_size, space, structure, max_channels, TimingSettings(patience=quiet_wait))
-    try:
-        if latency:
-            budgets.append(_prepare(latency))
-        state = load_checkpoint(out, settings) if resume else new_state(settings, structure, budgets)
-        if latency and resume:
-            latency.guard.restore(state)
-        with Progress(TextColumn("[bold]search"), BarColumn(), MofNCompleteColumn(),
-                      TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=console,
-                      transient=False) as progress:
-            task = progress.add_task("search", total=settings.iterations, completed=state.counters.candidates,
-                                     info="")
-
-            def on_batch(current) -> bool:
-                changed = bool(latency and latency.guard(current))
-                use = "  ".join(f"{b['name']} {100 * b['fraction']:.0f}%" for b in budget_usage(budgets, current))
-                progress.update(task, completed=current.counters.candidates,
-                                info=f"best {current.population.best().score:.2f}  {use}")
-                return changed
-
-            started = time.perf_counter()
-            state = run_search(state, budgets, workers=workers, checkpoint_dir=out,
-                               checkpoint_every=checkpoint_every, on_batch=on_batch)
-            search_s = time.perf_counter() - started
-        if latency is None:
-            _summary(write_outputs(out, state, budgets, top_k))
-            return
-        console.print(f"verifying the top {verify_top} and measuring the Pareto front ({latency.where()})")
-        verification, front, section = latency.finish(state, search_s, workers)
-    finally:
-        if latency:
-            latency.close()
-    write_pareto(out, front, latency_ms, f"score vs latency ({latency.where()})")
-    report = write_outputs(out, state, budgets, top_k, {"latency": section}, winner=verification.winner is not None)
-    _summary(report)
-    if verification.winner is None:
+    latency = None if latency_ms is None else LatencySettings(
+        latency_ms, LatencyTarget(backend, precision, batch, threads), latency_scope, verify_top,
+        latency_check_every, cache_path=latency_cache, plan_networks=profile_networks, plan_whole=profile_whole)
+    job = SearchJob(out, settings, resolve_structure(init), cost_budgets(flops=flops, params=params, layers=layers),
+                    latency, TimingSettings(patience=quiet_wait), workers, checkpoint_every, resume, top_k)
+    outcome = run_with_progress(job)
+    _summary(outcome.report)
+    if not outcome.found:
+        verification = outcome.verification
         closest = verification.closest()
         measured = ", ".join(f"{row['measured_ms']:.2f}" for row in verification.rows)
         console.print(f"[bold red]no candidate fits --latency-ms {latency_ms:g}:[/] the top {len(verification.rows)} "
@@ -133,16 +99,31 @@ def search(
         raise typer.Exit(1)
 
 
-def _prepare(latency: LatencyRun):
-    """Seed check and profile plan, with a progress bar (cached entries are not re-measured)."""
-    with Progress(TextColumn("[bold]latency profile"), BarColumn(), MofNCompleteColumn(),
-                  TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=console, transient=False) as progress:
-        task = progress.add_task("profile", total=None, info=latency.where())
+def run_with_progress(job: SearchJob) -> SearchOutcome:
+    """`run_search_job` with rich progress bars for the latency profile and the evolution."""
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=console,
+                  transient=False) as progress:
+        profile = None
+        task = progress.add_task("search", total=job.settings.iterations, info="", visible=False)
 
-        def advance(done: int, total: int, item: str) -> None:
-            progress.update(task, completed=done, total=total, info=item.split("@")[0][:48])
+        def on_start(where: str | None) -> None:
+            nonlocal profile
+            if where:
+                profile = progress.add_task("latency profile", total=None, info=where)
 
-        return latency.prepare(advance)
+        def on_profile(done: int, total: int, item: str) -> None:
+            progress.update(profile, completed=done, total=total, info=item.split("@")[0][:48])
+
+        def on_batch(current, budgets) -> None:
+            use = "  ".join(f"{b['name']} {100 * b['fraction']:.0f}%" for b in budget_usage(budgets, current))
+            progress.update(task, visible=True, completed=current.counters.candidates,
+                            info=f"best {current.population.best().score:.2f}  {use}")
+
+        def on_verify(where: str) -> None:
+            progress.console.print(f"verifying the top {job.latency.verify_top} and measuring the Pareto front ({where})")
+
+        return run_search_job(job, on_start, on_profile, on_batch, on_verify)
 
 
 def _summary(report: dict) -> None:
