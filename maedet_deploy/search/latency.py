@@ -156,6 +156,7 @@ class Measurer:
         self.cache = cache
         self.timing = timing
         self.counters = MeasureCounters()
+        self.contended: set[str] = set()   # items measured while other programs held the CPU
         self._workdir = Path(tempfile.mkdtemp(prefix="maedet-latency-"))
 
     def close(self) -> None:
@@ -183,6 +184,8 @@ class Measurer:
                 self.counters.measured += 1
             else:
                 self.counters.cached += 1
+            if entry.details.get("contended"):
+                self.contended.add(item)
             results.append(entry.latency_ms)
             if progress:
                 progress(done + 1, len(items), item)
@@ -362,17 +365,28 @@ class LatencySession:
         network_ms = self.measurer.networks(self.plan.networks, self.image_size, self.scope,
                                             progress and (lambda d, _, item: progress(len(blocks) + d, total, item)))
         start = time.perf_counter()
+        # Blocks timed while other programs held the CPU are left to the regression, while
+        # enough quiet ones remain to fit it.
         samples = [(b, h, w, ms) for (b, h, w), ms in zip(blocks, block_ms)]
+        quiet = [sample for sample in samples if block_item(*sample[:3]) not in self.measurer.contended]
+        samples = quiet if len(quiet) >= len(samples) // 2 else samples
         self.plan_networks = list(zip(self.plan.networks, network_ms))
         self.base = build_predictor(self.image_size, self.scope, self.measurer.target.batch, samples, [])
         self.block_errors = cross_validated_errors(samples, self.measurer.target.batch)
         self.fit_s += time.perf_counter() - start
         return self.predictor()
 
+    def is_contended(self, structure: Structure) -> bool:
+        return network_item(structure, self.scope, self.image_size) in self.measurer.contended
+
     def predictor(self) -> LatencyPredictor:
-        """The block regression with the correction fitted on every network measured so far."""
+        """The block regression with the correction fitted on every network measured so far, except
+        contended ones (too slow by an unknown amount). Those still count as measured: a budget
+        check on them errs on the safe side."""
         start = time.perf_counter()
-        predictor = self.base.with_calibration(self.plan_networks + self.extra_networks)
+        networks = self.plan_networks + self.extra_networks
+        predictor = self.base.with_calibration([(s, ms) for s, ms in networks if not self.is_contended(s)])
+        predictor.measured_networks.update((s.key(), ms) for s, ms in networks)
         self.fit_s += time.perf_counter() - start
         return predictor
 
@@ -391,10 +405,11 @@ class LatencySession:
     def fit_report(self, predictor: LatencyPredictor) -> dict[str, Any]:
         """How well the predictor explains what it was fitted on: blocks (5-fold cross-validated)
         and networks (the correction's residuals)."""
-        networks = self.plan_networks + self.extra_networks
+        networks = [(s, ms) for s, ms in self.plan_networks + self.extra_networks if not self.is_contended(s)]
         errors = [predictor.predicted(s) / ms - 1 for s, ms in networks]
-        return {"blocks": len(self.plan.blocks), "block_cv": error_summary(self.block_errors),
-                "networks": len(networks), "network_fit": error_summary(errors)}
+        return {"blocks": len(self.block_errors), "block_cv": error_summary(self.block_errors),
+                "networks": len(networks), "network_fit": error_summary(errors),
+                "contended_left_out": len(self.measurer.contended)}
 
 
 def error_summary(errors: Sequence[float]) -> dict[str, float | int | None]:
@@ -519,6 +534,7 @@ def verify_top(state, budget: LatencyBudget, session: LatencySession, top: int) 
         predicted = before if before is not None else budget.predictor.predicted(member.structure)
         rows.append({"rank": rank, "score": member.score, "predicted_ms": predicted, "measured_ms": ms,
                      "error_pct": 100 * (predicted / ms - 1), "in_sample": before is None,
+                     "contended": session.is_contended(member.structure),
                      "within_budget": ms <= budget.limit, "blocks": member.structure.to_dicts()})
     fitting = [row for row in rows if row["within_budget"]]
     if not fitting:
@@ -538,7 +554,7 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
     return front
 
 
-def pareto(state, budget: LatencyBudget, session: LatencySession, limit: int = 16) -> list[dict[str, Any]]:
+def pareto(state, budget: LatencyBudget, session: LatencySession, limit: int = 10) -> list[dict[str, Any]]:
     """Score vs latency of the final population. Members are placed by their predicted latency
     and the front's members are measured, until the front (by measured latency where known)
     holds only measured members or `limit` members have been measured for it."""
@@ -600,7 +616,7 @@ class LatencyRun:
         return self.budget
 
     def finish(self, state, search_s: float, workers: int = 1,
-               pareto_limit: int = 16) -> tuple[Verification, list[dict], dict]:
+               pareto_limit: int = 10) -> tuple[Verification, list[dict], dict]:
         """Verify the top candidates, measure the Pareto front; returns both and the report section.
         `search_s` is the wall time of the evolution (run_search), split here into scoring,
         predicting and the guard's measuring."""
@@ -612,7 +628,7 @@ class LatencyRun:
         front = pareto(state, self.budget, self.session, pareto_limit)
         pareto_s = time.perf_counter() - start
         finish_measuring = self.measurer.counters.seconds - measuring_before
-        verified = [row for row in verification.rows if not row["in_sample"]]
+        verified = [row for row in verification.rows if not row["in_sample"] and not row["contended"]]
         predicting = self.budget.seconds if workers == 1 else None
         counters = self.measurer.counters
         report = {
@@ -626,7 +642,9 @@ class LatencyRun:
             "verified": verification.rows,
             "predictor": {"verified_out_of_sample": error_summary([row["error_pct"] / 100 for row in verified]),
                           "guard_checks": error_summary([p / m - 1 for check in self.guard.checks
-                                                         for p, m in zip(check["predicted_ms"], check["measured_ms"])]),
+                                                         for p, m, s in zip(check["predicted_ms"], check["measured_ms"],
+                                                                            check["measured"])
+                                                         if not self.session.is_contended(Structure.from_dicts(s))]),
                           **self.session.fit_report(self.budget.predictor), "model": self.budget.predictor.to_dict()},
             "guard": {"checks": len(self.guard.checks), "measured": sum(len(c["measured"]) for c in self.guard.checks),
                       "dropped": sum(c["dropped"] for c in self.guard.checks)},
