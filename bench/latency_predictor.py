@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from maedet_deploy.search.latency import (LatencySession, LatencyTarget, TimingSettings, error_summary,
+from maedet_deploy.search.latency import (LatencySession, LatencyTarget, error_summary,
                                           open_measurer)
 from maedet_deploy.search.space import Mutator, get_space
 from maedet_deploy.structure import compute_cost

@@ -148,6 +148,14 @@ def measure_points(model: onnx.ModelProto) -> dict[str, str]:
     return points
 
 
+def raw_points(model: onnx.ModelProto) -> dict[str, str]:
+    """The smooth subset of `measure_points`: the NMS inputs when there is an NMS,
+    else the float outputs (what per-layer sensitivity is measured on)."""
+    points = measure_points(model)
+    before_nms = {k: v for k, v in points.items() if k.endswith((":boxes", ":scores")) and v != k}
+    return before_nms or points
+
+
 def expose(model: onnx.ModelProto, tensors: Iterable[str]) -> onnx.ModelProto:
     """A copy of `model` that also returns `tensors` as graph outputs (declared
     without a type: ONNX Runtime infers it)."""

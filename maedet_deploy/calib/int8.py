@@ -26,7 +26,8 @@ Steps, each a plain function (Polygraphy-style, testable one at a time):
 
 Placement ("where Q/DQ goes"): `tensorrt` (default) follows TensorRT's guidance
 for explicit quantization: quantize the inputs of the compute layers (Conv,
-ConvTranspose, Gemm, MatMul) and of element-wise Adds (residual joins), leave
+ConvTranspose, Gemm, MatMul) and of residual Adds (two activations; an Add
+with a constant, like the `x + 3` of a decomposed hard-swish, is not), leave
 layer outputs unquantized so TensorRT fuses the pointwise tail into the layer.
 `all` is onnxruntime's default (every supported op gets Q/DQ on its inputs and
 outputs). bench/calib_accuracy.py measures both.
@@ -332,6 +333,8 @@ def quantize_qdq(model: Prepared | onnx.ModelProto, calibration: Calibration, ex
         raise MaedetError(f"unknown Q/DQ placement {placement!r} (choose from {', '.join(PLACEMENTS)})")
     op_types, quantize_outputs = PLACEMENTS[placement]
     proto = model.model if isinstance(model, Prepared) else model
+    if placement == "tensorrt":  # element-wise ops: only joins of two activations (residual adds)
+        exclude = set(exclude) | set(constant_operand_nodes(proto, ("Add",)))
     tensors = calibration.tensors_data()
     extra = {"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False,
              "QDQKeepRemovableActivations": True}
@@ -352,6 +355,15 @@ def quantize_qdq(model: Prepared | onnx.ModelProto, calibration: Calibration, ex
         except Exception as exc:  # onnxruntime.quantization raises assorted types
             raise MaedetError(f"onnxruntime quantization failed: {_first_line(exc)}") from None
         return float_inputs_for(onnx.load(str(dst)), exclude)
+
+
+def constant_operand_nodes(model: onnx.ModelProto, op_types: Collection[str]) -> list[str]:
+    """Nodes of `op_types` with a constant operand (an initializer or a Constant's
+    output), like the `x + 3` inside a decomposed hard-swish: not residual joins."""
+    constants = {init.name for init in model.graph.initializer}
+    constants |= {out for node in model.graph.node if node.op_type == "Constant" for out in node.output}
+    return [node.name for node in model.graph.node
+            if node.op_type in op_types and any(name in constants for name in node.input)]
 
 
 def float_inputs_for(model: onnx.ModelProto, names: Collection[str]) -> onnx.ModelProto:

@@ -6,7 +6,8 @@ agreement is met.
    that layer's input and weight Q/DQ grafted in (taken from the Q/DQ model, so
    the scales are exactly the calibrated ones; no re-quantization per layer) is
    run on a few calibration batches; the layer's sensitivity is the combined
-   output SQNR (lower = more sensitive).
+   SQNR of the outputs (of the NMS inputs, when the graph has NMS, since the
+   selected detections move discontinuously); lower = more sensitive.
 2. Search: layers sorted by sensitivity; the first k stay float for
    k = 1, 2, 4, ... until the held-out agreement (mAP@0.5 agreement for
    detectors, else the lowest output cosine) reaches the target, then a
@@ -29,7 +30,7 @@ import onnx
 
 from ..backends import load_runner
 from .data import Batch
-from .graph import COMPUTE_OPS, expose, measure_points, producers
+from .graph import COMPUTE_OPS, expose, producers, raw_points
 from .int8 import Calibration, Prepared, quantize_qdq, qdq_summary
 from .metrics import TensorAgreement, combined_sqnr_db
 from .report import Evaluator, agreement_score
@@ -115,7 +116,7 @@ def layer_sensitivity(float_model: onnx.ModelProto, qdq_model: onnx.ModelProto, 
                       layers: Sequence[str] | None = None, progress: Progress | None = None) -> list[Sensitivity]:
     """One-layer-at-a-time sensitivity, most sensitive first."""
     layers = list(layers) if layers is not None else quantized_layers(qdq_model)
-    points = measure_points(float_model)
+    points = raw_points(float_model)
     runner = load_runner(expose(float_model, points.values()).SerializeToString(), "onnxruntime")
     reference = []
     for batch in batches:

@@ -7,11 +7,7 @@ import sys
 import typer
 
 from ..errors import MaedetError
-from . import search_cmd, structure_cmds
-from . import export_cmd
-from . import deploy_cmds
-from . import calibrate_cmd
-from . import profile_cmd
+from . import calibrate_cmd, deploy_cmds, export_cmd, pipeline_cmd, profile_cmd, search_cmd, structure_cmds
 from .common import err_console
 
 app = typer.Typer(
@@ -31,6 +27,7 @@ app.command()(deploy_cmds.build)
 app.command()(deploy_cmds.bench)
 app.command()(deploy_cmds.compare)
 app.command()(calibrate_cmd.calibrate)
+app.command()(pipeline_cmd.pipeline)
 
 
 def run() -> None:

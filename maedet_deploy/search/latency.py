@@ -5,18 +5,23 @@ exported to ONNX (`export.export_structure_onnx`, random weights) and timed
 with the product's one timing loop (`bench.measure`) on the chosen backend.
 Timing runs in a few short rounds and keeps the round with the lowest median:
 other load on the machine only ever adds time, so the quietest round is the
-best estimate of the target's own latency. Every measurement goes to the
-SQLite cache (`latency_cache`), keyed by device fingerprint and target, and
-is reused by later searches and other processes.
+best estimate of the target's own latency. On a CPU backend a round counts
+only if the process got its threads' worth of CPU time (`TimingSettings`);
+a measurement that never got quiet rounds is marked contended, kept (it errs
+on the slow, safe side) but left out of every fit. Every measurement goes to
+the SQLite cache (`latency_cache`), keyed by device fingerprint and target,
+and is reused by later searches and other processes.
 
 Predicting (`predictor`): the profile plan (`profile_plan`) is a fixed,
 seeded sample of blocks and whole networks from the space around the seed;
 measured once (by `maedet-deploy profile`, or on demand by the first
 search), it fits the block regression and the whole-network correction.
 
-Staying honest (`LatencyGuard`): every N batches the best members are
-measured whole, the correction is refitted on them, and members now over the
-budget leave the population. At the end the top candidates are measured whole
+Staying honest (`LatencyGuard`): candidates pass the budget on the predicted
+latency raised by a safety margin (the fitted networks' 90th-percentile
+under-prediction); every N batches the best members are measured whole, the
+correction and margin are refitted, and members now over the budget leave the
+population. At the end the top candidates are measured whole
 and the winner is the best-scoring one whose measured latency fits
 (`verify_top`). A search uses only the plan and its own measurements (looked
 up in the cache, measured when missing), never other searches' results, so
