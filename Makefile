@@ -17,4 +17,4 @@ test: setup
 	$(BIN)/python -m pytest -q
 
 demo: setup
-	$(BIN)/maedet-deploy info maedet-m
+	$(BIN)/maedet-deploy pipeline --speedup 1.5 --out runs/demo

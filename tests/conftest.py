@@ -1,8 +1,10 @@
+import json
 import random
 
 import pytest
 
 from maedet_deploy.structure import K1DWK1, K1KXK1, KXKX, STEM, Block, Structure
+from nets import TINY
 
 
 def random_structure(rng: random.Random, kind: str = K1KXK1, max_ch: int = 64, stages: int = 5) -> Structure:
@@ -24,3 +26,11 @@ def rng() -> random.Random:
 
 
 SUPER_KINDS = (K1KXK1, KXKX, K1DWK1)
+
+
+@pytest.fixture
+def tiny_file(tmp_path):
+    """`nets.TINY` as a structure file, as users pass one to --init."""
+    path = tmp_path / "tiny.json"
+    path.write_text(json.dumps({"blocks": TINY.to_dicts()}))
+    return path

@@ -177,3 +177,29 @@ def test_scale_model_bench_is_cheap(tmp_path):
     stats = measure(runner, make_feed(runner.inputs, {"x": (1, 3, 8, 8)}), warmup=0, warmup_iterations=2,
                     iterations=10)
     assert stats.iterations == 10 and stats.median_ms < 5
+
+
+class Recorded:
+    """A real runner whose calls are written to a shared log, to see who ran when."""
+
+    def __init__(self, runner, label: str, log: list) -> None:
+        self.runner, self.label, self.log = runner, label, log
+        self.inputs, self.outputs = runner.inputs, runner.outputs
+
+    def infer(self, feed):
+        self.log.append(self.label)
+        return self.runner.infer(feed)
+
+
+def test_rounds_interleave_runners_and_pool_their_samples(tmp_path):
+    log: list[str] = []
+    runners = {name: Recorded(load_runner(scale_model(tmp_path / f"{name}.onnx", (1, 3))), name, log)
+               for name in ("a", "b")}
+    result = run_bench(runners, rounds=3, warmup=0.0, iterations=12)
+    assert [r.stats.iterations for r in result.rows] == [12, 12]
+    assert result.settings["rounds"] == 3
+    blocks = [label for index, label in enumerate(log) if index == 0 or log[index - 1] != label]
+    assert blocks == ["a", "b"] * 3        # each round: a's loop (with its warm-up call), then b's
+    assert log.count("a") == log.count("b") == 12 + 3
+    with pytest.raises(MaedetError, match="rounds must be >= 1"):
+        run_bench(runners, rounds=0)

@@ -12,6 +12,7 @@ import torch
 from scipy.optimize import nnls as scipy_nnls
 
 from cli_helpers import cli
+from nets import TINY
 from maedet_deploy.errors import MaedetError
 from maedet_deploy.models import build_block
 from maedet_deploy.search.latency import (LatencySession, LatencyTarget, TimingSettings, network_item,
@@ -20,22 +21,12 @@ from maedet_deploy.search.latency_cache import Entry, LatencyCache
 from maedet_deploy.search.predictor import (FEATURES, block_features, block_inputs, build_predictor, nnls)
 from maedet_deploy.structure import K1DWK1, K1KXK1, KXKX, STEM, Block, Structure, load_structure
 
-TINY = Structure((
-    Block(STEM, 3, 8, 2, 3), Block(K1KXK1, 8, 16, 2, 3, 1, 8), Block(K1KXK1, 16, 32, 2, 3, 1, 8),
-    Block(K1KXK1, 32, 48, 2, 3, 1, 16), Block(K1KXK1, 48, 64, 1, 3, 1, 16), Block(K1KXK1, 64, 96, 2, 3, 1, 24)))
 SIZE = (64, 64)
 FAST = TimingSettings(rounds=2, round_s=0.01, min_iterations=3, patience=0.0)
 TARGET = LatencyTarget(threads=1)
 # Small plan, no waiting for a quiet machine: fast, and the same plan in the library and the CLI.
 CLI_LATENCY = ["--image-size", "64", "--threads", "1", "--quiet-wait", "0", "--profile-networks", "2",
                "--profile-whole", "2"]
-
-
-@pytest.fixture
-def tiny_file(tmp_path):
-    path = tmp_path / "tiny.json"
-    path.write_text(json.dumps({"blocks": TINY.to_dicts()}))
-    return path
 
 
 # ---- the cache -------------------------------------------------------------------------------------

@@ -83,10 +83,20 @@ class LatencyStats:
                    warmup_ns / 1e9, tuple(warnings))
 
 
-def _batch_of(feed: Mapping[str, np.ndarray]) -> int:
+def batch_size(feed: Mapping[str, np.ndarray]) -> int:
     for array in feed.values():
         return int(array.shape[0]) if np.ndim(array) else 1
     return 1
+
+
+@dataclass(frozen=True)
+class Timings:
+    """Raw samples of one timing loop (nanoseconds), before they are summarised."""
+
+    times_ns: list[int]
+    wall_ns: int
+    warmup_iterations: int
+    warmup_ns: int
 
 
 def measure(runner: Runner, feed: Mapping[str, np.ndarray], *, warmup: float = 0.2, warmup_iterations: int = 1,
@@ -98,6 +108,22 @@ def measure(runner: Runner, feed: Mapping[str, np.ndarray], *, warmup: float = 0
     Then exactly `iterations` calls, or calls for `duration` seconds (at least
     `min_iterations`); neither given means DEFAULT_DURATION seconds. `batch`
     (images per call, for images/s) defaults to the first input's leading dim."""
+    raw = time_loop(runner, feed, warmup=warmup, warmup_iterations=warmup_iterations, iterations=iterations,
+                    duration=duration, min_iterations=min_iterations)
+    return summarise([raw], batch if batch is not None else batch_size(feed), cv_threshold)
+
+
+def summarise(loops: list[Timings], batch: int, cv_threshold: float = CV_THRESHOLD) -> LatencyStats:
+    """One summary of one or more timing loops of the same runner and feed (interleaved rounds)."""
+    return LatencyStats.from_times([t for loop in loops for t in loop.times_ns], sum(loop.wall_ns for loop in loops),
+                                   batch, sum(loop.warmup_iterations for loop in loops),
+                                   sum(loop.warmup_ns for loop in loops), cv_threshold)
+
+
+def time_loop(runner: Runner, feed: Mapping[str, np.ndarray], *, warmup: float = 0.2, warmup_iterations: int = 1,
+              iterations: int | None = None, duration: float | None = None,
+              min_iterations: int = FEW_ITERATIONS) -> Timings:
+    """The loop itself (see `measure`): warm-up, then one timed call at a time, GC paused."""
     if iterations is not None and duration is not None:
         raise MaedetError("give iterations or duration, not both")
     if iterations is not None and iterations < 1:
@@ -139,5 +165,4 @@ def measure(runner: Runner, feed: Mapping[str, np.ndarray], *, warmup: float = 0
     finally:
         if gc_was_enabled:
             gc.enable()
-    return LatencyStats.from_times(times, wall, batch if batch is not None else _batch_of(feed), warm, warm_ns,
-                                   cv_threshold)
+    return Timings(times, wall, warm, warm_ns)

@@ -20,7 +20,7 @@ from ..backends.base import Runner
 from ..backends.fingerprint import device_fingerprint, fingerprint_id
 from ..errors import MaedetError
 from .feed import make_feed
-from .measure import LatencyStats, measure
+from .measure import CV_THRESHOLD, FEW_ITERATIONS, LatencyStats, Timings, batch_size, summarise, time_loop
 
 REPORT_FORMATS = (".md", ".csv", ".json")
 STAT_COLUMNS = ("min_ms", "mean_ms", "median_ms", "p90_ms", "p95_ms", "p99_ms", "max_ms", "std_ms", "cv",
@@ -80,20 +80,38 @@ def _busy_warning() -> str | None:
 
 
 def run_bench(runners: Mapping[str, Runner], model: str = "", shapes: Mapping[str, Sequence[int]] | None = None,
-              batches: Sequence[int | None] = (None,), seed: int = 0, **measure_options) -> BenchResult:
-    """Every runner at every batch size on the same seeded random feed; `measure_options` go to `measure`.
-    The first runner is the one under test, the others are baselines (see `speedups`)."""
+              batches: Sequence[int | None] = (None,), seed: int = 0, rounds: int = 1, *, warmup: float = 0.2,
+              iterations: int | None = None, duration: float | None = None, min_iterations: int = FEW_ITERATIONS,
+              cv_threshold: float = CV_THRESHOLD) -> BenchResult:
+    """Every runner at every batch size on the same seeded random feed. The first runner is
+    the one under test, the others are baselines (see `speedups`).
+
+    With `rounds` > 1 the runners take turns, each round timing every runner for
+    1/rounds of the iterations or duration, and each row summarises all its rounds:
+    a machine whose speed drifts (shared hosts, thermal limits) then slows every
+    runner alike instead of whichever ran during the slow spell."""
     if not runners:
         raise MaedetError("nothing to bench: no runner")
+    if rounds < 1:
+        raise MaedetError(f"rounds must be >= 1, got {rounds}")
     warnings = [w for w in (_busy_warning(),) if w]
+    per_round = {"iterations": None if iterations is None else max(1, -(-iterations // rounds)),
+                 "duration": None if duration is None else duration / rounds,
+                 "min_iterations": max(1, -(-min_iterations // rounds))}
+    feeds = {(batch, label): make_feed(runner.inputs, shapes, batch, seed)
+             for batch in batches for label, runner in runners.items()}
+    loops: dict[tuple[int | None, str], list[Timings]] = {key: [] for key in feeds}
+    for index in range(rounds):
+        for (batch, label), feed in feeds.items():
+            loops[batch, label].append(time_loop(runners[label], feed, warmup=warmup if index == 0 else 0.0,
+                                                 **per_round))
     rows = []
-    for batch in batches:
-        for label, runner in runners.items():
-            feed = make_feed(runner.inputs, shapes, batch, seed)
-            stats = measure(runner, feed, **measure_options)
-            rows.append(BenchRow(label, stats.batch, {k: list(v.shape) for k, v in feed.items()}, stats))
+    for (batch, label), feed in feeds.items():
+        stats = summarise(loops[batch, label], batch_size(feed), cv_threshold)
+        rows.append(BenchRow(label, stats.batch, {k: list(v.shape) for k, v in feed.items()}, stats))
     settings = {"seed": seed, "batches": [b for b in batches if b is not None],
-                "shapes": {k: list(v) for k, v in (shapes or {}).items()}, **measure_options}
+                "shapes": {k: list(v) for k, v in (shapes or {}).items()}, "rounds": rounds, "warmup": warmup,
+                "iterations": iterations, "duration": duration}
     return BenchResult(model, rows, {label: dict(getattr(r, "settings", {})) for label, r in runners.items()},
                        settings, warnings=warnings)
 

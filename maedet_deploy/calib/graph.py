@@ -166,3 +166,16 @@ def expose(model: onnx.ModelProto, tensors: Iterable[str]) -> onnx.ModelProto:
             model.graph.output.append(onnx.ValueInfoProto(name=name))
             present.add(name)
     return model
+
+
+def cut_before_nms(model: onnx.ModelProto) -> onnx.ModelProto | None:
+    """The network without its NMS: the same graph up to the NMS inputs (raw boxes and
+    scores), which become the outputs. None when the graph has no NMS. Latency budgets
+    cover this part: NMS time depends on how many boxes pass its threshold, i.e. on the
+    data and the weights."""
+    points = raw_points(model)
+    if not any(label.endswith(":boxes") for label in points):
+        return None
+    weights = {init.name for init in model.graph.initializer}
+    inputs = [value.name for value in model.graph.input if value.name not in weights]
+    return onnx.utils.Extractor(model).extract_model(inputs, list(dict.fromkeys(points.values())))

@@ -82,6 +82,8 @@ def bench(
                                                                "structure (zoo name or file) in eager mode.")] = None,
     num_classes: Annotated[int, typer.Option(help="Classes of the --torch-baseline detector.")] = 80,
     seed: Annotated[int, typer.Option(help="Seed of the random inputs.")] = 0,
+    rounds: Annotated[int, typer.Option(help="Runners take turns in this many rounds (each 1/rounds of the run), "
+                                             "so a machine whose speed drifts slows them alike.")] = 1,
     report: Annotated[Optional[Path], typer.Option(help="Also write a report: .md, .csv or .json.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
@@ -95,7 +97,7 @@ def bench(
     runners = {backend: open_runner(model, backend, threads, shapes, batches)}
     if torch_baseline:
         runners["torch eager"] = eager_detector(torch_baseline, runners[backend].inputs, num_classes, threads)
-    result = run_bench(runners, str(model), shapes, batches, seed, warmup=warmup_ms / 1000,
+    result = run_bench(runners, str(model), shapes, batches, seed, rounds, warmup=warmup_ms / 1000,
                        iterations=iterations, duration=duration)
     if report:
         write_report(result, report)

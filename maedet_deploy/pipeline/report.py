@@ -16,48 +16,78 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
 
 
 def render_markdown(summary: dict[str, Any]) -> str:
-    search, best = summary["search"], summary["search"]["best"]
-    latency = search["latency"]
+    search, best, base = summary["search"], summary["search"]["best"], summary["baseline"]
+    latency, calib, bench = search["latency"], summary["calibration"], summary["bench"]
+    rows = {(row["model"], row["part"]): row for row in bench["rows"]}
+    fp32, int8 = rows[("searched FP32", "network")], rows[("searched INT8", "network")]
+    fp32_e2e = rows[("searched FP32", "end to end")]
     lines = [f"# maedet-deploy report: `{summary['out']}`", "",
-             f"Latency budget **{summary['latency_ms']:g} ms** ({latency['scope']} at "
-             f"{summary['image_size']}x{summary['image_size']}, batch {summary['batch']}, "
-             f"{latency['backend']}). Created {summary['created']}.", "",
+             f"Latency budget **{summary['latency_ms']:g} ms** for the {latency['scope']} at "
+             f"{summary['image_size']}x{summary['image_size']}, batch {summary['batch']}, on "
+             f"{latency['target']} ({summary['fingerprint'].get('gpu') or summary['fingerprint'].get('cpu')}). "
+             f"Created {summary['created']}." + (
+                 f" The budget is the {base['name']} detector's measured {summary['baseline_ms']:.2f} ms divided by "
+                 f"{summary['speedup']:g}." if summary["speedup"] else ""), "",
+             f"- Searched detector: **{latency['measured_ms']:.2f} ms** measured in the search, "
+             f"{fp32['median_ms']:.2f} ms median in the final bench (budget {summary['latency_ms']:g} ms): "
+             f"**{fp32['speedup_vs_baseline']:.2f}x** the speed of the {bench['baseline']} detector "
+             f"({fp32_e2e['speedup_vs_baseline']:.2f}x end to end with NMS).",
+             f"- Backbone entropy score {best['score']:.1f} against {base['score']:.1f} for {base['name']} "
+             f"(higher is better), with {human(best['params'])} parameters against {human(base['params'])}.",
+             f"- INT8 ({calib['method']} calibration, {calib['placement']} Q/DQ placement): "
+             f"{int8['median_ms']:.2f} ms median, {fp32['median_ms'] / int8['median_ms']:.2f}x the speed of FP32.",
+             "",
              "## Chosen backbone", ""]
-    lines += _table(["score", "params", "FLOPs (MACs)", "conv layers", "measured latency", "predicted", "budget"],
-                    [[f"{best['score']:.2f}", human(best["params"]), human(best["flops"]), best["layers"],
-                      f"{latency['measured_ms']:.2f} ms", f"{latency['predicted_ms']:.2f} ms",
-                      f"{summary['latency_ms']:g} ms"]])
-    lines += ["", "Blocks (`best_structure.json`):", ""]
+    lines += _table(["backbone", "entropy score", "params", "FLOPs (MACs)", "conv layers"],
+                    [[name, f"{net['score']:.2f}", human(net["params"]), human(net["flops"]), net["layers"]]
+                     for name, net in (("searched", best), (base["name"], base))])
+    lines += ["", "Latency in the search (the whole detector without NMS, quietest of several timing rounds):", ""]
+    lines += _table(["seed", "winner predicted", "winner measured", "budget"],
+                    [[f"{latency['seed_ms']:.2f} ms", f"{latency['predicted_ms']:.2f} ms",
+                      f"{latency['measured_ms']:.2f} ms", f"{summary['latency_ms']:g} ms"]])
+    lines += ["", "Blocks (`search/best_structure.json`):", ""]
     lines += _table(["#", "class", "in", "out", "s", "k", "L", "btn"],
                     [[i, b["class"], b["in"], b["out"], b["s"], b["k"], b.get("L", "-"), b.get("btn", "-")]
                      for i, b in enumerate(best["blocks"])])
-    lines += ["", f"Search: {search['candidates']:,} candidates in {search['wall_seconds']:.1f} s; "
-                  f"{latency.get('measurements', 0)} latency measurements "
-                  f"({latency.get('measure_seconds', 0.0):.1f} s measuring).", ""]
-    if summary.get("pareto_png"):
-        lines += ["## Score vs measured latency (final population)", "", f"![Pareto front]({summary['pareto_png']})", ""]
-    lines += ["## Latency (same bench loop, same input, one run)", ""]
-    lines += _table(["model", "median ms", "p90 ms", "p99 ms", "images/s", "CV", "vs ResNet-50 FP32"],
-                    [[row["runner"], f"{row['median_ms']:.2f}", f"{row['p90_ms']:.2f}", f"{row['p99_ms']:.2f}",
+    seconds = search["time_s"]
+    lines += ["", f"Search: {search['candidates']:,} candidates in {search['seconds']:.1f} s: latency profile "
+                  f"{_fmt(seconds['profile'], '.1f')} s, scoring {_fmt(seconds['scoring'], '.1f')} s, predicting "
+                  f"{_fmt(seconds['predicting'], '.1f')} s, measuring {_fmt(seconds['measuring'], '.1f')} s in all "
+                  f"({latency['measurements']} new measurements, {latency['cached']} from the cache).", ""]
+    lines += ["## Score vs measured latency (final population)", "", f"![Pareto front]({summary['pareto_png']})", ""]
+    lines += ["## Latency", "",
+              f"One bench run, the same input and settings for every model ({bench['seconds']:g} s each, taking "
+              f"turns in {bench['rounds']} rounds). "
+              "*network*: up to the NMS inputs, what the budget covers; *end to end*: with the in-graph NMS, whose "
+              "time depends on how many boxes pass its score threshold (with random weights, most do).", ""]
+    lines += _table(["model", "part", "median ms", "p90 ms", "p99 ms", "images/s", "CV", f"vs {bench['baseline']}"],
+                    [[row["model"], row["part"], f"{row['median_ms']:.2f}", f"{row['p90_ms']:.2f}", f"{row['p99_ms']:.2f}",
                       f"{row['images_per_s']:.1f}", f"{100 * row['cv']:.1f}%", f"{row['speedup_vs_baseline']:.2f}x"]
-                     for row in summary["bench"]["rows"]])
-    for warning in summary["bench"].get("warnings", []):
-        lines.append(f"\n> warning: {warning}")
-    calib = summary["calibration"]
+                     for row in bench["rows"]])
+    lines += [f"\n> warning: {warning}" for warning in bench["warnings"]]
     lines += ["", "## INT8 calibration", "",
-              f"{calib['method']} calibration on {calib['num_images']} images, evaluated on "
-              f"{calib['holdout_images']} held-out images; layers kept in float: {calib['float_layers']}.", ""]
-    lines += _table(["agreement mAP@0.5", "agreement mAP@0.5:0.95", "min output cosine"],
-                    [[_fmt(calib.get("map50")), _fmt(calib.get("map")), _fmt(calib.get("min_cosine"))]])
-    lines += ["", "## Device", ""]
+              f"{calib['method']} calibration, {calib['placement']} Q/DQ placement, on {calib['calibration_images']} "
+              f"images from `{calib['images']}`; measured on {calib['holdout_images']} held-out images.", ""]
+    lines += _table(["quantized / float layers", "min cosine before NMS", "min SQNR before NMS",
+                     "agreement mAP@0.5", "agreement mAP@0.5:0.95"],
+                    [[f"{calib['quantized_layers']} / {calib['float_layers']}", _fmt(calib["raw_min_cosine"]),
+                      f"{_fmt(calib['raw_min_sqnr_db'], '.1f')} dB", _fmt(calib["map50"]), _fmt(calib["map"])]])
+    lines += ["", "The search is training-free, so these weights are random: the figures check the INT8 numerics, "
+                  "not accuracy. Train the detector, export it with `--checkpoint`, and run `maedet-deploy calibrate` "
+                  "on your own images for the accuracy that matters.", ""]
+    lines += ["## Device", ""]
     lines += _table(["field", "value"], [[k, v] for k, v in summary["fingerprint"].items()
-                                         if not isinstance(v, (dict, list))])
+                                         if v is not None and not isinstance(v, (dict, list))])
+    lines += ["", "## Stages", ""]
+    lines += _table(["stage", "seconds", "this run"], [[name, f"{stage['seconds']:.1f}",
+                                                       "reused" if stage["reused"] else "ran"]
+                                                      for name, stage in summary["stages"].items()])
     lines += ["", "## Reproduce", "", "```bash", *summary["commands"], "```", ""]
     return "\n".join(lines)
 
 
-def _fmt(value: Any) -> str:
-    return "n/a" if value is None else f"{value:.4f}"
+def _fmt(value: Any, spec: str = ".4f") -> str:
+    return "n/a" if value is None else format(value, spec)
 
 
 def render_html(markdown: str) -> str:

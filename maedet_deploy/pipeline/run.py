@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import importlib.util
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from ..atomic import write_text
 from ..errors import MaedetError
@@ -22,12 +22,18 @@ from .report import render_html, render_markdown
 from .stages import StageResult, run_stage, settings_hash
 
 Log = Callable[[str], None]
+BENCH_ROUNDS = 6  # models take turns, so drifting machine speed hits them alike
+PART_SEPARATOR = ": "  # bench rows are "<model>: network" and "<model>: end to end"
 
 
 @dataclass(frozen=True)
 class PipelineSettings:
-    latency_ms: float
+    """`latency_ms` is the budget; or `speedup`: the budget is the baseline detector's
+    measured latency divided by it, so the same command suits any machine."""
+
+    latency_ms: float | None
     out: Path
+    speedup: float | None = None
     image_size: int = 256
     batch: int = 1
     backend: str = "auto"
@@ -39,12 +45,31 @@ class PipelineSettings:
     baseline: str = "resnet50"
     num_classes: int = 80
     images: Path | None = None
-    method: str = "entropy"
+    method: str = "percentile"
     num_images: int = 32
     holdout: int = 8
     bench_seconds: float = 3.0
     latency_cache: str | None = None
     verify_top: int = 3
+    threads: int | None = None
+    quiet_wait: float = 10.0
+    profile_networks: int = 24
+    profile_whole: int = 8
+    check_every: int = 40
+
+    @property
+    def baseline_runner(self) -> str:
+        """The baseline's row name in the bench: its zoo name or file stem."""
+        return f"{Path(self.baseline).stem} FP32"
+
+    def check(self) -> None:
+        if (self.latency_ms is None) == (self.speedup is None):
+            raise MaedetError("give either --latency-ms (a budget in ms) or --speedup (a budget relative to the "
+                              f"{self.baseline} detector), not {'both' if self.latency_ms else 'neither'}")
+        if self.speedup is not None and not self.speedup > 0:
+            raise MaedetError(f"--speedup must be positive, got {self.speedup:g}")
+        if self.images is not None and not Path(self.images).is_dir():
+            raise MaedetError(f"--images {self.images} is not a folder")
 
     def to_dict(self) -> dict[str, Any]:
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
@@ -58,6 +83,13 @@ def resolve_backend(name: str) -> str:
         return "onnxruntime"
     import torch
     return "tensorrt" if torch.cuda.is_available() else "onnxruntime"
+
+
+def qdq_placement(backend: str) -> str:
+    """Where Q/DQ goes for the backend that will run the INT8 model: ONNX Runtime's CPU
+    provider fuses DQ -> Conv -> Q into QLinearConv only with quantized outputs ("all");
+    TensorRT wants compute-layer inputs only, and fuses the rest itself."""
+    return "tensorrt" if backend == "tensorrt" else "all"
 
 
 def sample_images() -> Path:
@@ -82,12 +114,17 @@ def run_pipeline(settings: PipelineSettings, log: Log = print,
     by default the plain library call."""
     from ..search.job import run_search_job
 
+    settings.check()
     backend = resolve_backend(settings.backend)
     images = settings.images or sample_images()
-    if settings.images is not None and not Path(settings.images).is_dir():
-        raise MaedetError(f"--images {settings.images} is not a folder")
     out = Path(settings.out)
     result = PipelineResult()
+    baseline_ms = None
+    if settings.speedup is not None:
+        baseline_ms = measure_baseline(settings, backend)
+        settings = replace(settings, latency_ms=round(baseline_ms / settings.speedup, 3))
+        log(f"budget: {settings.latency_ms:g} ms, the {settings.baseline} detector's {baseline_ms:.2f} ms "
+            f"/ {settings.speedup:g}")
 
     def stage(name: str, config: dict[str, Any], work: Callable[[Path], dict[str, Any]]) -> StageResult:
         done = run_stage(out, name, config, work)
@@ -98,19 +135,24 @@ def run_pipeline(settings: PipelineSettings, log: Log = print,
     search_config = {"latency_ms": settings.latency_ms, "image_size": settings.image_size, "batch": settings.batch,
                      "backend": backend, "scope": settings.scope, "iterations": settings.iterations,
                      "population": settings.population, "seed": settings.seed, "init": settings.init,
-                     "verify_top": settings.verify_top}
+                     "verify_top": settings.verify_top, "threads": settings.threads,
+                     "profile": [settings.profile_networks, settings.profile_whole],
+                     "check_every": settings.check_every}
     search = stage("search", search_config,
                    lambda d: _search(settings, backend, d, search_runner or run_search_job))
     export_config = {"search": settings_hash(search.data), "image_size": settings.image_size,
                      "num_classes": settings.num_classes, "baseline": settings.baseline, "batch": settings.batch}
     export = stage("export", export_config, lambda d: _export(settings, search.directory, d))
     calib_config = {"export": settings_hash(export.data), "images": str(images), "method": settings.method,
-                    "num_images": settings.num_images, "holdout": settings.holdout, "seed": settings.seed}
-    calib = stage("calibrate", calib_config, lambda d: _calibrate(settings, export.data["detector"], images, d))
+                    "num_images": settings.num_images, "holdout": settings.holdout, "seed": settings.seed,
+                    "placement": qdq_placement(backend)}
+    calib = stage("calibrate", calib_config,
+                  lambda d: _calibrate(settings, export.data["detector"], images, qdq_placement(backend), d))
     bench_config = {"export": settings_hash(export.data), "calibrate": settings_hash(calib.data),
-                    "backend": backend, "seconds": settings.bench_seconds, "batch": settings.batch}
+                    "backend": backend, "seconds": settings.bench_seconds, "batch": settings.batch,
+                    "threads": settings.threads, "rounds": BENCH_ROUNDS}
     bench = stage("bench", bench_config, lambda d: _bench(settings, backend, export.data, calib.data, d))
-    result.summary = _summary(settings, backend, images, search, calib, bench)
+    result.summary = _summary(settings, backend, images, search, export, calib, bench, baseline_ms)
     markdown = render_markdown(result.summary)
     write_text(out / "report.md", markdown)
     write_text(out / "report.html", render_html(markdown))
@@ -119,17 +161,39 @@ def run_pipeline(settings: PipelineSettings, log: Log = print,
     return result
 
 
+def _latency_target(settings: PipelineSettings, backend: str):
+    from ..search.latency import LatencyTarget
+
+    return LatencyTarget(backend, "fp32", settings.batch, settings.threads)
+
+
+def measure_baseline(settings: PipelineSettings, backend: str) -> float:
+    """The baseline detector's latency, measured as the search measures candidates (and cached with them)."""
+    from ..search.latency import TimingSettings, open_measurer
+
+    size = (settings.image_size, settings.image_size)
+    measurer = open_measurer(_latency_target(settings, backend), settings.latency_cache,
+                             TimingSettings(patience=settings.quiet_wait))
+    try:
+        return measurer.networks([resolve_structure(settings.baseline)], size, settings.scope)[0]
+    finally:
+        measurer.close()
+
+
 def _search(settings: PipelineSettings, backend: str, directory: Path, runner: Callable) -> dict[str, Any]:
     from ..search.evolution import SearchSettings
     from ..search.job import SearchJob
-    from ..search.latency import LatencySettings, LatencyTarget
+    from ..search.latency import LatencySettings, TimingSettings
 
+    latency = LatencySettings(settings.latency_ms, _latency_target(settings, backend),
+                              settings.scope, settings.verify_top, settings.check_every,
+                              cache_path=settings.latency_cache, plan_networks=settings.profile_networks,
+                              plan_whole=settings.profile_whole)
     job = SearchJob(directory, SearchSettings(image_size=(settings.image_size, settings.image_size),
                                               iterations=settings.iterations, population=settings.population,
                                               seed=settings.seed),
-                    resolve_structure(settings.init),
-                    latency=LatencySettings(settings.latency_ms, LatencyTarget(backend, "fp32", settings.batch),
-                                            settings.scope, settings.verify_top, cache_path=settings.latency_cache))
+                    resolve_structure(settings.init), latency=latency,
+                    timing=TimingSettings(patience=settings.quiet_wait))
     outcome = runner(job)
     if not outcome.found:
         closest = outcome.verification.closest()
@@ -137,45 +201,62 @@ def _search(settings: PipelineSettings, backend: str, directory: Path, runner: C
                           f"{closest['measured_ms']:.2f} ms); raise --latency-ms or lower --image-size")
     report = outcome.report
     return {"best": report["best"], "latency": report["latency"], "candidates": report["candidates"],
-            "wall_seconds": report["wall_seconds"], "structure": str(directory / "best_structure.json"),
+            "structure": str(directory / "best_structure.json"),
             "pareto_png": str(directory / "pareto.png")}
 
 
 def _export(settings: PipelineSettings, search_dir: Path, directory: Path) -> dict[str, Any]:
     from ..export import export_onnx
     from ..models import create_detector
+    from ..search.score import entropy_score
+    from ..structure import compute_cost
 
     size = settings.image_size
-    reports = {}
-    for name, spec in (("detector", load_structure(search_dir / "best_structure.json")),
-                       ("baseline", settings.baseline)):
+    baseline = resolve_structure(settings.baseline)
+    reports: dict[str, Any] = {}
+    for name, spec in (("detector", load_structure(search_dir / "best_structure.json")), ("baseline", baseline)):
         model = create_detector(spec, num_classes=settings.num_classes, image_size=size)
         path = directory / f"{name}.onnx"
         reports[name] = str(path)
         reports[f"{name}_report"] = export_onnx(model, path, size, batch=settings.batch).to_dict()
+    cost = compute_cost(baseline, size)
+    reports["baseline_backbone"] = {"name": Path(settings.baseline).stem, "score": entropy_score(baseline, image_size=size),
+                                    "params": cost.params, "flops": cost.flops, "layers": cost.layers}
     return reports
 
 
-def _calibrate(settings: PipelineSettings, detector: str, images: Path, directory: Path) -> dict[str, Any]:
+def _calibrate(settings: PipelineSettings, detector: str, images: Path, placement: str,
+               directory: Path) -> dict[str, Any]:
     from ..calib.run import CalibrateSettings, run_calibration
 
     report = run_calibration(CalibrateSettings(
         model=Path(detector), images=images, out=directory / "detector.int8.onnx", method=settings.method,
-        num_images=settings.num_images, holdout=settings.holdout, seed=settings.seed,
+        num_images=settings.num_images, holdout=settings.holdout, seed=settings.seed, placement=placement,
         report=directory / "calibration.json"))
     return {"int8": str(directory / "detector.int8.onnx"), "report": report}
 
 
 def _bench(settings: PipelineSettings, backend: str, export: dict[str, Any], calib: dict[str, Any],
            directory: Path) -> dict[str, Any]:
+    """Every model twice in one run: the network alone (what the budget covers) and end to end with NMS."""
+    import onnx
+
     from ..backends import open_runner
     from ..bench import run_bench, write_report
+    from ..calib.graph import cut_before_nms
 
-    runners = {"searched FP32": open_runner(export["detector"], backend),
-               "searched INT8": open_runner(calib["int8"], backend),
-               f"{settings.baseline} FP32": open_runner(export["baseline"], backend)}
+    models = {"searched FP32": export["detector"], "searched INT8": calib["int8"],
+              settings.baseline_runner: export["baseline"]}
+    runners = {}
     try:
-        result = run_bench(runners, model=export["detector"], duration=settings.bench_seconds)
+        for index, (label, path) in enumerate(models.items()):
+            network = cut_before_nms(onnx.load(path))
+            if network is not None:
+                network_path = directory / f"model{index}.network.onnx"
+                onnx.save(network, str(network_path))
+                runners[f"{label}{PART_SEPARATOR}network"] = open_runner(network_path, backend, settings.threads)
+            runners[f"{label}{PART_SEPARATOR}end to end"] = open_runner(path, backend, settings.threads)
+        result = run_bench(runners, model=export["detector"], rounds=BENCH_ROUNDS, duration=settings.bench_seconds)
     finally:
         for runner in runners.values():
             runner.close()
@@ -184,36 +265,86 @@ def _bench(settings: PipelineSettings, backend: str, export: dict[str, Any], cal
     return result.to_dict()
 
 
-def _summary(settings: PipelineSettings, backend: str, images: Path, search: StageResult, calib: StageResult,
-             bench: StageResult) -> dict[str, Any]:
-    best, latency = search.data["best"], search.data["latency"]
+def _flags(settings: PipelineSettings, names: Sequence[str]) -> str:
+    """`--name value` for each of `names` whose setting differs from its default."""
+    defaults = PipelineSettings(latency_ms=None, out=settings.out)
+    return "".join(f" --{name.replace('_', '-')} {getattr(settings, name)}" for name in names
+                   if getattr(settings, name) != getattr(defaults, name))
+
+
+def reproduce_commands(settings: PipelineSettings, backend: str, images: Path) -> list[str]:
+    """The pipeline command, then the same run as separate commands (stage by stage)."""
+    out, size = Path(settings.out), settings.image_size
+    tuning = ("threads", "quiet_wait", "latency_cache")
+    search_flags = _flags(settings, ("iterations", "population", "seed", "init", "batch", "verify_top", *tuning))
+    export = f"--image-size {size} --num-classes {settings.num_classes} --batch {settings.batch}"
+    return [
+        "maedet-deploy pipeline " + (f"--speedup {settings.speedup:g}" if settings.speedup is not None else
+                                     f"--latency-ms {settings.latency_ms:g}")
+        + f" --image-size {size} --backend {backend}"
+        + _flags(settings, ("scope", "iterations", "population", "seed", "init", "baseline", "num_classes", "batch",
+                            "images", "method", "num_images", "holdout", "bench_seconds", *tuning))
+        + f" --out {out}",
+        "# the same, stage by stage:",
+        f"maedet-deploy search --latency-ms {settings.latency_ms:g} --latency-scope {settings.scope} "
+        f"--image-size {size} --backend {backend}{search_flags} --out {out / 'search'}",
+        f"maedet-deploy export {out / 'search' / 'best_structure.json'} {export} --out {out / 'export' / 'detector.onnx'}",
+        f"maedet-deploy export {settings.baseline} {export} --out {out / 'export' / 'baseline.onnx'}",
+        f"maedet-deploy calibrate {out / 'export' / 'detector.onnx'} --images {images} --method {settings.method} "
+        f"--placement {qdq_placement(backend)} --num-images {settings.num_images} --holdout {settings.holdout} "
+        f"--seed {settings.seed} "
+        f"--out {out / 'calibrate' / 'detector.int8.onnx'} --report {out / 'calibrate' / 'calibration.json'}",
+        *(f"maedet-deploy bench {model} --backend {backend} --duration {settings.bench_seconds:g}"
+          for model in (out / "export" / "detector.onnx", out / "calibrate" / "detector.int8.onnx",
+                        out / "export" / "baseline.onnx")),
+    ]
+
+
+def _summary(settings: PipelineSettings, backend: str, images: Path, search: StageResult, export: StageResult,
+             calib: StageResult, bench: StageResult, baseline_ms: float | None) -> dict[str, Any]:
+    latency = search.data["latency"]
     rows = bench.data["results"]
-    baseline = next(row for row in rows if row["runner"].startswith(settings.baseline))
     for row in rows:
-        row["speedup_vs_baseline"] = baseline["median_ms"] / row["median_ms"]
+        row["model"], row["part"] = row["runner"].split(PART_SEPARATOR)
+    baseline = {row["part"]: row["median_ms"] for row in rows if row["model"] == settings.baseline_runner}
+    for row in rows:
+        row["speedup_vs_baseline"] = baseline[row["part"]] / row["median_ms"]
     report = calib.data["report"]
+    int8 = report.get("int8") or {}
+    outputs = report.get("outputs") or {}
+    # Errors before NMS are smooth; after NMS a tiny change can swap a whole detection.
+    raw = {name: o for name, o in outputs.items() if ":" in name} or outputs
     agreement = (report.get("detection") or {}).get("agreement") or {}
-    cosines = [o["cosine"] for o in (report.get("outputs") or {}).values() if o.get("cosine") is not None]
-    winner = latency["winner"]
+    seconds = latency["time_s"]
     return {
         "out": str(settings.out), "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "latency_ms": settings.latency_ms, "image_size": settings.image_size, "batch": settings.batch,
-        "search": {"best": best, "candidates": search.data["candidates"], "wall_seconds": search.data["wall_seconds"],
-                   "latency": {"scope": settings.scope, "backend": backend, "measured_ms": winner["measured_ms"],
-                               "predicted_ms": winner["predicted_ms"],
+        "latency_ms": settings.latency_ms, "speedup": settings.speedup, "baseline_ms": baseline_ms,
+        "image_size": settings.image_size, "batch": settings.batch,
+        "search": {"best": search.data["best"], "candidates": search.data["candidates"],
+                   "seconds": search.seconds,
+                   "time_s": {key: seconds.get(key) for key in ("profile", "scoring", "predicting", "measuring")},
+                   "latency": {"scope": settings.scope, "backend": backend, "target": latency["settings"]["target"],
+                               "seed_ms": latency["seed_measured_ms"], **latency["winner"],
                                "measurements": latency["measurements"]["measured"],
-                               "measure_seconds": latency["time_s"]["measuring"]}},
+                               "cached": latency["measurements"]["cached"]}},
+        "baseline": export.data["baseline_backbone"],
         "pareto_png": str(Path("search") / "pareto.png"),
-        "bench": {"rows": rows, "warnings": bench.data.get("warnings", [])},
-        "calibration": {"method": settings.method, "num_images": report.get("calibration_samples"),
-                        "holdout_images": report.get("held_out"), "map50": agreement.get("map50"),
-                        "map": agreement.get("map50_95"), "min_cosine": min(cosines) if cosines else None,
-                        "float_layers": len((report.get("int8") or {}).get("excluded") or {})},
+        "bench": {"rows": rows, "baseline": settings.baseline_runner, "seconds": settings.bench_seconds,
+                  "rounds": bench.data["settings"]["rounds"],
+                  "warnings": bench.data.get("warnings", [])},
+        "calibration": {"method": settings.method, "placement": int8.get("placement"),
+                        "calibration_images": report.get("calibration_samples"),
+                        "holdout_images": report.get("held_out"), "images": str(images),
+                        "quantized_layers": (int8.get("qdq") or {}).get("quantized_layers"),
+                        "float_layers": len((int8.get("qdq") or {}).get("float_layers") or []),
+                        "raw_min_cosine": min((o["cosine"] for o in raw.values() if o.get("cosine") is not None),
+                                              default=None),
+                        "raw_min_sqnr_db": min((o["sqnr_db"] for o in raw.values() if o.get("sqnr_db") is not None),
+                                               default=None),
+                        "map50": agreement.get("map50"), "map": agreement.get("map50_95")},
         "fingerprint": bench.data["fingerprint"],
-        "stages": {name: {"seconds": s.seconds, "reused": s.reused} for name, s in
-                   {"search": search, "calibrate": calib, "bench": bench}.items()},
-        "commands": [f"maedet-deploy pipeline --latency-ms {settings.latency_ms:g} --image-size {settings.image_size} "
-                     f"--iterations {settings.iterations} --population {settings.population} --seed {settings.seed} "
-                     f"--backend {backend} --out {settings.out}"
-                     + (f" --images {settings.images}" if settings.images else "")],
+        "stages": {name: {"seconds": stage.seconds, "reused": stage.reused}
+                   for name, stage in (("search", search), ("export", export), ("calibrate", calib),
+                                       ("bench", bench))},
+        "commands": reproduce_commands(settings, backend, images),
     }

@@ -17,6 +17,7 @@ from typing import Any, Callable
 from ..atomic import write_text
 
 MARKER = "stage.json"
+FORMAT = 2  # bump when a stage's summary changes shape: older markers then never match
 
 
 @dataclass(frozen=True)
@@ -29,7 +30,8 @@ class StageResult:
 
 
 def settings_hash(settings: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    text = json.dumps({"format": FORMAT, **settings}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def run_stage(out: Path, name: str, settings: dict[str, Any],
