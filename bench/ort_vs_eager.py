@@ -6,10 +6,12 @@ ONNX graph's NonMaxSuppression, torchvision's in eager) is exported with
 (`bench.measure`) on the same input. On a shared machine the load drifts, so
 the two are timed in alternating rounds and the speed-up is the median of the
 per-round ratios (each round's pair saw about the same load). Target: ONNX
-Runtime >= 1.3x as fast as eager.
+Runtime >= 1.3x as fast as eager. With --no-nms both sides are the network
+alone (raw boxes and scores): the ratio without post-processing, where random
+weights let most boxes through NMS.
 
 Run: .venv/bin/python bench/ort_vs_eager.py [--structure maedet-s] [--image-size 480] [--rounds 5]
-     [--iterations 3] [--threads N] [--json out.json]
+     [--iterations 3] [--threads N] [--no-nms] [--json out.json]
 """
 
 import argparse
@@ -38,17 +40,20 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--iterations", type=int, default=3, help="timed calls per runner per round")
     parser.add_argument("--threads", type=int, default=None, help="default: one per usable physical core")
+    parser.add_argument("--no-nms", dest="nms", action="store_false",
+                        help="compare the networks alone (raw boxes and scores on both sides)")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
 
     detector = create_detector(args.structure, image_size=args.image_size)
     with tempfile.TemporaryDirectory() as folder:
         start = time.perf_counter()
-        report = export_onnx(detector, Path(folder) / "detector.onnx", args.image_size, nms=True)
+        report = export_onnx(detector, Path(folder) / "detector.onnx", args.image_size, nms=args.nms)
         print(f"exported {args.structure} at {args.image_size} in {time.perf_counter() - start:.1f} s "
               f"(ONNX Runtime vs PyTorch max abs error {report.max_abs_error:.2g})")
         ort = load_runner(report.path, intra_threads=args.threads)
-    eager = TorchRunner(EndToEnd(detector), ort.inputs, OUTPUT_NAMES, threads=args.threads)
+    eager = (TorchRunner(EndToEnd(detector), ort.inputs, OUTPUT_NAMES, threads=args.threads) if args.nms else
+             TorchRunner(detector, ort.inputs, ("boxes", "scores"), threads=args.threads))
     feed = make_feed(ort.inputs, seed=0)
     load_before = os.getloadavg()[0]
     for runner in (ort, eager):
@@ -64,7 +69,7 @@ def main() -> None:
               f"eager {pair['eager'].median_ms:8.1f} ms   ratio {ratio:.2f}x", flush=True)
     ratio = statistics.median(r["ratio"] for r in rounds)
     result = {
-        "structure": args.structure, "image_size": args.image_size, "nms": True,
+        "structure": args.structure, "image_size": args.image_size, "nms": args.nms,
         "onnxruntime_ms": statistics.median(r["onnxruntime_ms"] for r in rounds),
         "eager_ms": statistics.median(r["eager_ms"] for r in rounds),
         "speedup": ratio, "speedup_range": [min(r["ratio"] for r in rounds), max(r["ratio"] for r in rounds)],
@@ -73,7 +78,8 @@ def main() -> None:
         "load_average": [load_before, os.getloadavg()[0]],
         "fingerprint": device_fingerprint(), "fingerprint_id": fingerprint_id(),
     }
-    print(f"{args.structure} {args.image_size}x{args.image_size}, batch 1, {ort.settings['intra_threads']} threads: "
+    print(f"{args.structure} {args.image_size}x{args.image_size}, batch 1, {'with' if args.nms else 'without'} NMS, "
+          f"{ort.settings['intra_threads']} threads: "
           f"onnxruntime {result['onnxruntime_ms']:.1f} ms, eager {result['eager_ms']:.1f} ms, "
           f"onnxruntime is {ratio:.2f}x as fast (rounds {result['speedup_range'][0]:.2f}-"
           f"{result['speedup_range'][1]:.2f}; target >= {TARGET}x: {'PASS' if result['passed'] else 'FAIL'})")
