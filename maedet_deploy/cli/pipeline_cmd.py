@@ -21,6 +21,8 @@ def pipeline(
     backend: Annotated[str, typer.Option(help="auto (TensorRT when installed with a GPU, else ONNX Runtime), "
                                               "onnxruntime or tensorrt.")] = "auto",
     scope: Annotated[str, typer.Option(help="What the budget covers: detector or backbone.")] = "detector",
+    layers: Annotated[int, typer.Option(help="Conv layer budget of the backbone (the paper's detection recipe: 91; "
+                                             "0: none, and the entropy then favours very deep, thin nets).")] = 91,
     iterations: Annotated[int, typer.Option(help="Search candidates.")] = 10_000,
     population: Annotated[int, typer.Option(help="Search population size.")] = 64,
     seed: Annotated[int, typer.Option(help="Seed for search and calibration subsets.")] = 0,
@@ -54,11 +56,12 @@ def pipeline(
     from ..pipeline import PipelineSettings, run_pipeline
     from .search_cmd import run_with_progress
 
-    settings = PipelineSettings(latency_ms=latency_ms, speedup=speedup, out=out, image_size=image_size, batch=batch, backend=backend,
-                                scope=scope, iterations=iterations, population=population, seed=seed, init=init,
-                                baseline=baseline, num_classes=num_classes, images=images, method=method,
-                                num_images=num_images, holdout=holdout, bench_seconds=bench_seconds,
-                                latency_cache=latency_cache, threads=threads, quiet_wait=quiet_wait)
+    settings = PipelineSettings(
+        latency_ms=latency_ms, speedup=speedup, out=out, image_size=image_size, batch=batch, backend=backend,
+        scope=scope, layers=layers, iterations=iterations, population=population, seed=seed, init=init,
+        baseline=baseline, num_classes=num_classes, images=images, method=method, num_images=num_images,
+        holdout=holdout, bench_seconds=bench_seconds, latency_cache=latency_cache, threads=threads,
+        quiet_wait=quiet_wait)
     result = run_pipeline(settings, log=lambda line: console.print(f"[bold]stage[/] {line}", highlight=False),
                           search_runner=run_with_progress)
     summary = result.summary

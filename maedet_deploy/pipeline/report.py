@@ -6,6 +6,7 @@ from __future__ import annotations
 import html
 from typing import Any, Sequence
 
+from ..bench.measure import CV_THRESHOLD
 from ..format import human
 
 
@@ -64,7 +65,13 @@ def render_markdown(summary: dict[str, Any]) -> str:
                     [[row["model"], row["part"], f"{row['median_ms']:.2f}", f"{row['p90_ms']:.2f}", f"{row['p99_ms']:.2f}",
                       f"{row['images_per_s']:.1f}", f"{100 * row['cv']:.1f}%", f"{row['speedup_vs_baseline']:.2f}x"]
                      for row in bench["rows"]])
-    lines += [f"\n> warning: {warning}" for warning in bench["warnings"]]
+    unstable = [f"{row['model']} {row['part']}" for row in bench["rows"] if row["cv"] > CV_THRESHOLD]
+    warnings = bench["warnings"] + [f"{row['model']}, {row['part']}: {warning}" for row in bench["rows"]
+                                    for warning in row.get("warnings", []) if not warning.startswith("unstable")]
+    if unstable:
+        warnings.append(f"coefficient of variation above {100 * CV_THRESHOLD:g}% ({', '.join(unstable)}): other "
+                        "load on the machine, or a host whose speed drifts; see the CV column")
+    lines += [line for warning in warnings for line in ("", f"> warning: {warning}")]
     lines += ["", "## INT8 calibration", "",
               f"{calib['method']} calibration, {calib['placement']} Q/DQ placement, on {calib['calibration_images']} "
               f"images from `{calib['images']}`; measured on {calib['holdout_images']} held-out images.", ""]

@@ -38,6 +38,7 @@ class PipelineSettings:
     batch: int = 1
     backend: str = "auto"
     scope: str = "detector"
+    layers: int = 91             # the paper's detection recipe; 0: no limit (entropy then favours depth)
     iterations: int = 10_000
     population: int = 64
     seed: int = 0
@@ -133,7 +134,8 @@ def run_pipeline(settings: PipelineSettings, log: Log = print,
         return done
 
     search_config = {"latency_ms": settings.latency_ms, "image_size": settings.image_size, "batch": settings.batch,
-                     "backend": backend, "scope": settings.scope, "iterations": settings.iterations,
+                     "backend": backend, "scope": settings.scope, "layers": settings.layers,
+                     "iterations": settings.iterations,
                      "population": settings.population, "seed": settings.seed, "init": settings.init,
                      "verify_top": settings.verify_top, "threads": settings.threads,
                      "profile": [settings.profile_networks, settings.profile_whole],
@@ -181,6 +183,7 @@ def measure_baseline(settings: PipelineSettings, backend: str) -> float:
 
 
 def _search(settings: PipelineSettings, backend: str, directory: Path, runner: Callable) -> dict[str, Any]:
+    from ..search.budgets import cost_budgets
     from ..search.evolution import SearchSettings
     from ..search.job import SearchJob
     from ..search.latency import LatencySettings, TimingSettings
@@ -192,7 +195,7 @@ def _search(settings: PipelineSettings, backend: str, directory: Path, runner: C
     job = SearchJob(directory, SearchSettings(image_size=(settings.image_size, settings.image_size),
                                               iterations=settings.iterations, population=settings.population,
                                               seed=settings.seed),
-                    resolve_structure(settings.init), latency=latency,
+                    resolve_structure(settings.init), cost_budgets(layers=settings.layers or None), latency,
                     timing=TimingSettings(patience=settings.quiet_wait))
     outcome = runner(job)
     if not outcome.found:
@@ -276,13 +279,14 @@ def reproduce_commands(settings: PipelineSettings, backend: str, images: Path) -
     """The pipeline command, then the same run as separate commands (stage by stage)."""
     out, size = Path(settings.out), settings.image_size
     tuning = ("threads", "quiet_wait", "latency_cache")
-    search_flags = _flags(settings, ("iterations", "population", "seed", "init", "batch", "verify_top", *tuning))
+    search_flags = (f" --layers {settings.layers}" if settings.layers else "") + _flags(
+        settings, ("iterations", "population", "seed", "init", "batch", "verify_top", *tuning))
     export = f"--image-size {size} --num-classes {settings.num_classes} --batch {settings.batch}"
     return [
         "maedet-deploy pipeline " + (f"--speedup {settings.speedup:g}" if settings.speedup is not None else
                                      f"--latency-ms {settings.latency_ms:g}")
         + f" --image-size {size} --backend {backend}"
-        + _flags(settings, ("scope", "iterations", "population", "seed", "init", "baseline", "num_classes", "batch",
+        + _flags(settings, ("scope", "layers", "iterations", "population", "seed", "init", "baseline", "num_classes", "batch",
                             "images", "method", "num_images", "holdout", "bench_seconds", *tuning))
         + f" --out {out}",
         "# the same, stage by stage:",
