@@ -5,7 +5,7 @@ import json
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper
+from onnx import TensorProto
 from test_calib_data import identity_model
 from test_calib_quant import TinyGFL, draw_images, export
 

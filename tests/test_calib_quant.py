@@ -19,7 +19,7 @@ from PIL import Image, ImageDraw
 from torch import nn
 
 from maedet_deploy.backends import load_runner
-from maedet_deploy.calib import (DecodeSettings, Detections, Evaluator, PreprocessSpec, accuracy_report, calibrate,
+from maedet_deploy.calib import (DecodeSettings, Evaluator, PreprocessSpec, accuracy_report, calibrate,
                                  calibration_cache_text, convert_fp16, default_exclusions, entropy_amax, exclusions,
                                  layer_sensitivity, open_data, partial_quantize, pick_decoder, prepare, qdq_summary,
                                  quantize_int8, quantize_only, quantize_qdq, read_calibration_cache,

@@ -19,7 +19,7 @@ from maedet_deploy.search.latency import (LatencySession, LatencyTarget, TimingS
                                           open_measurer, pareto_front)
 from maedet_deploy.search.latency_cache import Entry, LatencyCache
 from maedet_deploy.search.predictor import (FEATURES, block_features, block_inputs, build_predictor, nnls)
-from maedet_deploy.structure import K1DWK1, K1KXK1, KXKX, STEM, Block, Structure, load_structure
+from maedet_deploy.structure import K1DWK1, K1KXK1, KXKX, Block, Structure, load_structure
 
 SIZE = (64, 64)
 FAST = TimingSettings(rounds=2, round_s=0.01, min_iterations=3, patience=0.0)

@@ -13,7 +13,7 @@ from maedet_deploy.search.budgets import cost_budgets
 from maedet_deploy.search.evolution import SearchSettings, load_checkpoint, new_state, run_search
 from maedet_deploy.search.score import entropy_score
 from maedet_deploy.search.space import Mutator, get_space
-from maedet_deploy.structure import K1DWK1, KXKX, STEM, Block, Structure, compute_cost, load_structure
+from maedet_deploy.structure import K1DWK1, STEM, Block, Structure, compute_cost, load_structure
 from maedet_deploy.zoo import get_structure
 
 

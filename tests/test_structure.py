@@ -3,7 +3,7 @@ import json
 import pytest
 
 from maedet_deploy.structure import (Block, Structure, StructureError, load_structure, parse_structure,
-                                     save_structure, structure_to_reference_text)
+                                     save_structure)
 from maedet_deploy.zoo import get_structure, list_structures, resolve_structure
 from maedet_deploy.errors import MaedetError
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any
+from typing import Annotated, Any, Optional
+
+import typer
 
 from rich.console import Console
 
@@ -29,3 +31,12 @@ def parse_image_size(text: str) -> int | tuple[int, int]:
     if len(parts) not in (1, 2) or min(parts) < 1:
         raise MaedetError(f"image size must look like 480 or 480x640, got {text!r}")
     return parts[0] if len(parts) == 1 else (parts[0], parts[1])
+
+
+# Options shared by every command that measures latency (search, profile, pipeline).
+LatencyCacheOption = Annotated[Optional[str], typer.Option(
+    help="Latency cache (SQLite); default $MAEDET_LATENCY_CACHE or ~/.cache/maedet-deploy/latency.sqlite.")]
+LatencyThreadsOption = Annotated[Optional[int], typer.Option(
+    help="ONNX Runtime intra-op threads for latency (default: one per usable physical core).")]
+QuietWaitOption = Annotated[float, typer.Option(
+    help="Seconds a measurement waits for rounds in which no other program takes CPU time (0: never wait).")]

@@ -7,15 +7,17 @@ from typing import Annotated, Optional
 
 import typer
 
-from .common import console
+from .common import LatencyCacheOption, LatencyThreadsOption, QuietWaitOption, console
 
 
 def pipeline(
     latency_ms: Annotated[Optional[float], typer.Option(help="Latency budget in ms for the searched detector, "
                                                              "measured on this machine.")] = None,
-    speedup: Annotated[Optional[float], typer.Option(help="Instead of --latency-ms: the budget is the --baseline "
-                                                          "detector's measured latency divided by this, e.g. 1.5.")] = None,
-    out: Annotated[Path, typer.Option(help="Output folder; a finished stage is reused when run again.")] = Path("runs/demo"),
+    speedup: Annotated[Optional[float], typer.Option(
+        help="Instead of --latency-ms: the budget is the --baseline detector's measured latency divided by this, "
+             "e.g. 1.5.")] = None,
+    out: Annotated[Path, typer.Option(
+        help="Output folder; a finished stage is reused when run again.")] = Path("runs/demo"),
     image_size: Annotated[int, typer.Option(help="Square input size for search, export and bench.")] = 256,
     batch: Annotated[int, typer.Option(help="Batch size for latency and bench.")] = 1,
     backend: Annotated[str, typer.Option(help="auto (TensorRT when installed with a GPU, else ONNX Runtime), "
@@ -36,13 +38,9 @@ def pipeline(
     num_images: Annotated[int, typer.Option(help="Calibration images used.")] = 32,
     holdout: Annotated[int, typer.Option(help="Images held out to measure INT8 agreement.")] = 8,
     bench_seconds: Annotated[float, typer.Option(help="Timed seconds per model in the final bench.")] = 3.0,
-    latency_cache: Annotated[Optional[str], typer.Option(help="Latency cache (SQLite); default "
-                                                              "$MAEDET_LATENCY_CACHE or "
-                                                              "~/.cache/maedet-deploy/latency.sqlite.")] = None,
-    threads: Annotated[Optional[int], typer.Option(help="ONNX Runtime intra-op threads for search latency "
-                                                        "(default: one per usable physical core).")] = None,
-    quiet_wait: Annotated[float, typer.Option(help="Seconds a latency measurement waits for rounds in which no "
-                                                   "other program takes CPU time (0: never wait).")] = 10.0,
+    latency_cache: LatencyCacheOption = None,
+    threads: LatencyThreadsOption = None,
+    quiet_wait: QuietWaitOption = 10.0,
 ) -> None:
     """Search a backbone under --latency-ms, export the detector, calibrate INT8, bench FP32/INT8
     against the ResNet-50 detector, and write report.md / report.html in --out.

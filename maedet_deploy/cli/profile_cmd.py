@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -12,7 +12,8 @@ from ..search.latency import PRECISIONS, SCOPES, LatencyRun, LatencySettings, La
 from ..search.space import SPACES
 from ..structure.cost import as_hw
 from ..zoo import resolve_structure
-from .common import console, parse_image_size, print_json
+from .common import (LatencyCacheOption, LatencyThreadsOption, QuietWaitOption, console, parse_image_size,
+                     print_json)
 
 
 def profile(
@@ -22,17 +23,13 @@ def profile(
     backend: Annotated[str, typer.Option(help="onnxruntime or tensorrt.")] = "onnxruntime",
     batch: Annotated[int, typer.Option(help="Batch size.")] = 1,
     precision: Annotated[str, typer.Option(help=f"{', '.join(PRECISIONS)} (fp16 with tensorrt only).")] = "fp32",
-    threads: Annotated[Optional[int], typer.Option(help="ONNX Runtime intra-op threads "
-                                                        "(default: one per usable physical core).")] = None,
+    threads: LatencyThreadsOption = None,
     init: Annotated[str, typer.Option(help="Seed structure the search will start from.")] = "maedet-seed",
     max_channels: Annotated[int, typer.Option(help="Channel cap of the search.")] = 2048,
     networks: Annotated[int, typer.Option(help="Random networks whose blocks are measured.")] = 24,
     whole: Annotated[int, typer.Option(help="How many of them (plus the seed) are measured whole.")] = 8,
-    quiet_wait: Annotated[float, typer.Option(help="Seconds a measurement waits for rounds in which no other "
-                                                   "program takes CPU time (0: never wait).")] = 10.0,
-    latency_cache: Annotated[Optional[str], typer.Option(help="Latency cache (SQLite); default "
-                                                              "$MAEDET_LATENCY_CACHE or "
-                                                              "~/.cache/maedet-deploy/latency.sqlite.")] = None,
+    quiet_wait: QuietWaitOption = 10.0,
+    latency_cache: LatencyCacheOption = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
     """Measure the blocks and networks a latency search of this space needs, so searches start at once.

@@ -18,7 +18,7 @@ from ..search.score import DEFAULT_ALPHA, parse_alpha
 from ..search.space import SPACES
 from ..structure.cost import as_hw
 from ..zoo import resolve_structure
-from .common import console, human, parse_image_size
+from .common import LatencyCacheOption, LatencyThreadsOption, QuietWaitOption, console, human, parse_image_size
 
 ALPHA_TEXT = ",".join(f"{a:g}" for a in DEFAULT_ALPHA)
 
@@ -49,19 +49,15 @@ def search(
     batch: Annotated[int, typer.Option(help="Batch size latency is measured at.")] = 1,
     precision: Annotated[str, typer.Option(help=f"Latency precision: {', '.join(PRECISIONS)} "
                                                 "(fp16 with tensorrt only; int8 is refused).")] = "fp32",
-    threads: Annotated[Optional[int], typer.Option(help="ONNX Runtime intra-op threads for latency "
-                                                        "(default: one per usable physical core).")] = None,
+    threads: LatencyThreadsOption = None,
     latency_scope: Annotated[str, typer.Option(help=f"What the budget covers: {', '.join(SCOPES)} "
                                                     "(backbone + PAN neck + head at --image-size).")] = "backbone",
     verify_top: Annotated[int, typer.Option(help="Best candidates measured whole at the end; the winner is the "
                                                  "best-scoring one within the budget.")] = 3,
     latency_check_every: Annotated[int, typer.Option(help="Batches between guard checks (the best members "
                                                           "measured whole, predictor corrected).")] = 40,
-    latency_cache: Annotated[Optional[str], typer.Option(help="Latency cache (SQLite); default "
-                                                              "$MAEDET_LATENCY_CACHE or "
-                                                              "~/.cache/maedet-deploy/latency.sqlite.")] = None,
-    quiet_wait: Annotated[float, typer.Option(help="Seconds a measurement waits for rounds in which no other "
-                                                   "program takes CPU time (0: never wait).")] = 10.0,
+    latency_cache: LatencyCacheOption = None,
+    quiet_wait: QuietWaitOption = 10.0,
     profile_networks: Annotated[int, typer.Option(help="Random networks whose blocks fit the predictor "
                                                        "(as `profile --networks`).")] = 24,
     profile_whole: Annotated[int, typer.Option(help="How many of them are measured whole "

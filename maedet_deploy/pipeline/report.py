@@ -62,8 +62,8 @@ def render_markdown(summary: dict[str, Any]) -> str:
               "*network*: up to the NMS inputs, what the budget covers; *end to end*: with the in-graph NMS, whose "
               "time depends on how many boxes pass its score threshold (with random weights, most do).", ""]
     lines += _table(["model", "part", "median ms", "p90 ms", "p99 ms", "images/s", "CV", f"vs {bench['baseline']}"],
-                    [[row["model"], row["part"], f"{row['median_ms']:.2f}", f"{row['p90_ms']:.2f}", f"{row['p99_ms']:.2f}",
-                      f"{row['images_per_s']:.1f}", f"{100 * row['cv']:.1f}%", f"{row['speedup_vs_baseline']:.2f}x"]
+                    [[row["model"], row["part"], f"{row['median_ms']:.2f}", f"{row['p90_ms']:.2f}",
+                      f"{row['p99_ms']:.2f}", f"{row['images_per_s']:.1f}", f"{100 * row['cv']:.1f}%", f"{row['speedup_vs_baseline']:.2f}x"]
                      for row in bench["rows"]])
     unstable = [f"{row['model']} {row['part']}" for row in bench["rows"] if row["cv"] > CV_THRESHOLD]
     warnings = bench["warnings"] + [f"{row['model']}, {row['part']}: {warning}" for row in bench["rows"]

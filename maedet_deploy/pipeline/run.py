@@ -223,7 +223,8 @@ def _export(settings: PipelineSettings, search_dir: Path, directory: Path) -> di
         reports[name] = str(path)
         reports[f"{name}_report"] = export_onnx(model, path, size, batch=settings.batch).to_dict()
     cost = compute_cost(baseline, size)
-    reports["baseline_backbone"] = {"name": Path(settings.baseline).stem, "score": entropy_score(baseline, image_size=size),
+    reports["baseline_backbone"] = {"name": Path(settings.baseline).stem,
+                                    "score": entropy_score(baseline, image_size=size),
                                     "params": cost.params, "flops": cost.flops, "layers": cost.layers}
     return reports
 
@@ -286,13 +287,15 @@ def reproduce_commands(settings: PipelineSettings, backend: str, images: Path) -
         "maedet-deploy pipeline " + (f"--speedup {settings.speedup:g}" if settings.speedup is not None else
                                      f"--latency-ms {settings.latency_ms:g}")
         + f" --image-size {size} --backend {backend}"
-        + _flags(settings, ("scope", "layers", "iterations", "population", "seed", "init", "baseline", "num_classes", "batch",
-                            "images", "method", "num_images", "holdout", "bench_seconds", *tuning))
+        + _flags(settings, ("scope", "layers", "iterations", "population", "seed", "init", "baseline",
+                            "num_classes", "batch", "images", "method", "num_images", "holdout", "bench_seconds",
+                            *tuning))
         + f" --out {out}",
         "# the same, stage by stage:",
         f"maedet-deploy search --latency-ms {settings.latency_ms:g} --latency-scope {settings.scope} "
         f"--image-size {size} --backend {backend}{search_flags} --out {out / 'search'}",
-        f"maedet-deploy export {out / 'search' / 'best_structure.json'} {export} --out {out / 'export' / 'detector.onnx'}",
+        f"maedet-deploy export {out / 'search' / 'best_structure.json'} {export} "
+        f"--out {out / 'export' / 'detector.onnx'}",
         f"maedet-deploy export {settings.baseline} {export} --out {out / 'export' / 'baseline.onnx'}",
         f"maedet-deploy calibrate {out / 'export' / 'detector.onnx'} --images {images} --method {settings.method} "
         f"--placement {qdq_placement(backend)} --num-images {settings.num_images} --holdout {settings.holdout} "

@@ -54,6 +54,11 @@ class Entry:
     details: dict[str, Any]
 
 
+def _is_busy(exc: sqlite3.OperationalError) -> bool:
+    text = str(exc).lower()
+    return "locked" in text or "busy" in text
+
+
 def _first_line(exc: Exception) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
@@ -72,12 +77,24 @@ class LatencyCache:
             self._db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
         except (OSError, sqlite3.Error) as exc:
             raise MaedetError(f"cannot open latency cache {self.path}: {_first_line(exc)}") from None
-        try:
-            self._open(fingerprint)
-        except sqlite3.DatabaseError as exc:
-            self._db.close()
-            raise MaedetError(f"latency cache {self.path} is corrupt or not a cache ({_first_line(exc)}); "
-                              "move it away or pass another --latency-cache") from None
+        deadline = time.monotonic() + BUSY_TIMEOUT_S
+        while True:
+            try:
+                self._open(fingerprint)
+                return
+            except sqlite3.DatabaseError as exc:
+                # Another process creating the file or switching it to WAL can make some of
+                # these steps report "locked" at once instead of waiting on the busy timeout.
+                busy = isinstance(exc, sqlite3.OperationalError) and _is_busy(exc)
+                if busy and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                    continue
+                self._db.close()
+                if busy:
+                    raise MaedetError(f"latency cache {self.path} stayed locked by another process for "
+                                      f"{BUSY_TIMEOUT_S:g} s") from None
+                raise MaedetError(f"latency cache {self.path} is corrupt or not a cache ({_first_line(exc)}); "
+                                  "move it away or pass another --latency-cache") from None
 
     def _open(self, fingerprint: dict[str, Any]) -> None:
         """Check before writing anything: a foreign or damaged file stays untouched."""

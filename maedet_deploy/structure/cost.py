@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 
-from .blocks import K1DWK1, K1KXK1, KXKX, STEM, Block, Structure
+from .blocks import K1KXK1, KXKX, STEM, Block, Structure
 
 ImageSize = int | tuple[int, int]
 
