@@ -14,6 +14,7 @@ from maedet_deploy.backends import load_runner
 from maedet_deploy.backends.base import TensorSpec
 from maedet_deploy.backends.torch import TorchRunner
 from maedet_deploy.bench import LatencyStats, make_feed, measure, run_bench, to_markdown, write_report
+from maedet_deploy.bench.measure import Timings, summarise
 from maedet_deploy.errors import MaedetError
 
 
@@ -203,3 +204,16 @@ def test_rounds_interleave_runners_and_pool_their_samples(tmp_path):
     assert log.count("a") == log.count("b") == 12 + 3
     with pytest.raises(MaedetError, match="rounds must be >= 1"):
         run_bench(runners, rounds=0)
+
+
+def test_round_medians_widen_the_interval_and_warn_when_the_machine_changed_speed():
+    ms = 1_000_000
+    steady = [Timings([10 * ms + i * 1000 for i in range(20)], 20 * 10 * ms, 1, ms) for _ in range(3)]
+    stats = summarise(steady, batch=1)
+    assert stats.round_medians_ms == pytest.approx((10.0095,) * 3)
+    assert stats.median_ci_ms[0] <= 10.0095 <= stats.median_ci_ms[1] and not stats.warnings
+    drifting = steady[:2] + [Timings([18 * ms] * 20, 20 * 18 * ms, 1, ms)]
+    slow = summarise(drifting, batch=1)
+    assert slow.median_ci_ms[1] == 18.0 and slow.median_ci_ms[0] <= 10.0095
+    assert any("machine's speed changed" in w for w in slow.warnings)
+    assert summarise(steady[:1], batch=1).round_medians_ms == ()   # one loop: the plain pooled statistics

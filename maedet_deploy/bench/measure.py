@@ -12,7 +12,7 @@ from __future__ import annotations
 import gc
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Mapping
 
 import numpy as np
@@ -23,13 +23,16 @@ from ..errors import MaedetError
 CV_THRESHOLD = 0.025       # trtexec's stability warning: coefficient of variation above 2.5%
 FEW_ITERATIONS = 10        # fewer samples than this give no usable percentiles
 DEFAULT_DURATION = 1.0     # seconds, when neither iterations nor duration is given
+ROUND_SPREAD = 0.10        # round medians further apart than this: the machine changed speed mid-run
 
 
 @dataclass(frozen=True)
 class LatencyStats:
     """Per-call latency of one runner on one feed. Times in milliseconds; `cv` is std/mean
     (a fraction); `median_ci_ms` is a distribution-free 95% interval for the median,
-    the noise to compare two medians against."""
+    the noise to compare two medians against. Timed in rounds (`summarise`), the
+    interval also spans every round's median: a host whose speed changed during
+    the run must not report the narrow interval of a steady one."""
 
     iterations: int
     batch: int
@@ -49,11 +52,13 @@ class LatencyStats:
     warmup_iterations: int
     warmup_s: float
     warnings: tuple[str, ...] = ()
+    round_medians_ms: tuple[float, ...] = ()
 
     def to_dict(self) -> dict:
         data = asdict(self)
         data["median_ci_ms"] = list(self.median_ci_ms)
         data["warnings"] = list(self.warnings)
+        data["round_medians_ms"] = list(self.round_medians_ms)
         return data
 
     @classmethod
@@ -114,10 +119,23 @@ def measure(runner: Runner, feed: Mapping[str, np.ndarray], *, warmup: float = 0
 
 
 def summarise(loops: list[Timings], batch: int, cv_threshold: float = CV_THRESHOLD) -> LatencyStats:
-    """One summary of one or more timing loops of the same runner and feed (interleaved rounds)."""
-    return LatencyStats.from_times([t for loop in loops for t in loop.times_ns], sum(loop.wall_ns for loop in loops),
-                                   batch, sum(loop.warmup_iterations for loop in loops),
-                                   sum(loop.warmup_ns for loop in loops), cv_threshold)
+    """One summary of one or more timing loops of the same runner and feed (interleaved rounds).
+
+    With several rounds the median's interval is widened to every round's median, and
+    rounds more than ROUND_SPREAD apart are a warning: the machine's speed changed."""
+    stats = LatencyStats.from_times([t for loop in loops for t in loop.times_ns],
+                                    sum(loop.wall_ns for loop in loops), batch,
+                                    sum(loop.warmup_iterations for loop in loops),
+                                    sum(loop.warmup_ns for loop in loops), cv_threshold)
+    if len(loops) < 2:
+        return stats
+    medians = tuple(float(np.median(loop.times_ns)) / 1e6 for loop in loops)
+    low, high = min(stats.median_ci_ms[0], *medians), max(stats.median_ci_ms[1], *medians)
+    warnings = stats.warnings
+    if max(medians) > (1 + ROUND_SPREAD) * min(medians):
+        warnings += (f"round medians range {min(medians):.3g}-{max(medians):.3g} ms: the machine's speed changed "
+                     "during the run (shared host, thermal or power limits); the median interval covers them",)
+    return replace(stats, median_ci_ms=(low, high), warnings=warnings, round_medians_ms=medians)
 
 
 def time_loop(runner: Runner, feed: Mapping[str, np.ndarray], *, warmup: float = 0.2, warmup_iterations: int = 1,

@@ -95,16 +95,18 @@ def run_bench(runners: Mapping[str, Runner], model: str = "", shapes: Mapping[st
     if rounds < 1:
         raise MaedetError(f"rounds must be >= 1, got {rounds}")
     warnings = [w for w in (_busy_warning(),) if w]
-    per_round = {"iterations": None if iterations is None else max(1, -(-iterations // rounds)),
-                 "duration": None if duration is None else duration / rounds,
-                 "min_iterations": max(1, -(-min_iterations // rounds))}
+    if iterations is not None:
+        rounds = min(rounds, iterations)   # exactly `iterations` calls in all, spread over the rounds
     feeds = {(batch, label): make_feed(runner.inputs, shapes, batch, seed)
              for batch in batches for label, runner in runners.items()}
     loops: dict[tuple[int | None, str], list[Timings]] = {key: [] for key in feeds}
     for index in range(rounds):
+        share = {"iterations": None if iterations is None else _split(iterations, rounds, index),
+                 "duration": None if duration is None else duration / rounds,
+                 "min_iterations": max(1, _split(min_iterations, rounds, index))}
         for (batch, label), feed in feeds.items():
             loops[batch, label].append(time_loop(runners[label], feed, warmup=warmup if index == 0 else 0.0,
-                                                 **per_round))
+                                                 **share))
     rows = []
     for (batch, label), feed in feeds.items():
         stats = summarise(loops[batch, label], batch_size(feed), cv_threshold)
@@ -114,6 +116,11 @@ def run_bench(runners: Mapping[str, Runner], model: str = "", shapes: Mapping[st
                 "iterations": iterations, "duration": duration}
     return BenchResult(model, rows, {label: dict(getattr(r, "settings", {})) for label, r in runners.items()},
                        settings, warnings=warnings)
+
+
+def _split(total: int, parts: int, index: int) -> int:
+    """Round `index`'s share of `total` calls: equal shares, the first ones one larger."""
+    return total // parts + (index < total % parts)
 
 
 def _shape_text(shapes: Mapping[str, Sequence[int]]) -> str:

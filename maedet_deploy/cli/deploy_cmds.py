@@ -82,8 +82,9 @@ def bench(
                                                                "structure (zoo name or file) in eager mode.")] = None,
     num_classes: Annotated[int, typer.Option(help="Classes of the --torch-baseline detector.")] = 80,
     seed: Annotated[int, typer.Option(help="Seed of the random inputs.")] = 0,
-    rounds: Annotated[int, typer.Option(help="Runners take turns in this many rounds (each 1/rounds of the run), "
-                                             "so a machine whose speed drifts slows them alike.")] = 1,
+    rounds: Annotated[int, typer.Option(help="Split the run into rounds in which the runners take turns: a machine "
+                                             "whose speed drifts slows them alike, and the median's interval spans "
+                                             "the rounds.")] = 3,
     report: Annotated[Optional[Path], typer.Option(help="Also write a report: .md, .csv or .json.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:

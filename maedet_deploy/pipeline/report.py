@@ -65,12 +65,17 @@ def render_markdown(summary: dict[str, Any]) -> str:
                     [[row["model"], row["part"], f"{row['median_ms']:.2f}", f"{row['p90_ms']:.2f}",
                       f"{row['p99_ms']:.2f}", f"{row['images_per_s']:.1f}", f"{100 * row['cv']:.1f}%", f"{row['speedup_vs_baseline']:.2f}x"]
                      for row in bench["rows"]])
-    unstable = [f"{row['model']} {row['part']}" for row in bench["rows"] if row["cv"] > CV_THRESHOLD]
+    def rows_warned(text: str) -> list[str]:
+        return [f"{row['model']} {row['part']}" for row in bench["rows"]
+                if any(text in warning for warning in row.get("warnings", []))]
+
+    folded = {"unstable": f"coefficient of variation above {100 * CV_THRESHOLD:g}%",
+              "speed changed": "round medians more than 10% apart (the machine's speed changed during the run)"}
     warnings = bench["warnings"] + [f"{row['model']}, {row['part']}: {warning}" for row in bench["rows"]
-                                    for warning in row.get("warnings", []) if not warning.startswith("unstable")]
-    if unstable:
-        warnings.append(f"coefficient of variation above {100 * CV_THRESHOLD:g}% ({', '.join(unstable)}): other "
-                        "load on the machine, or a host whose speed drifts; see the CV column")
+                                    for warning in row.get("warnings", [])
+                                    if not any(text in warning for text in folded)]
+    warnings += [f"{summary_text}: {', '.join(rows_warned(text))}; compare medians with care"
+                 for text, summary_text in folded.items() if rows_warned(text)]
     lines += [line for warning in warnings for line in ("", f"> warning: {warning}")]
     lines += ["", "## INT8 calibration", "",
               f"{calib['method']} calibration, {calib['placement']} Q/DQ placement, on {calib['calibration_images']} "
