@@ -213,6 +213,7 @@ def test_unreachable_backend_is_one_line(tmp_path, tiny_file):
                  "--latency-cache", tmp_path / "c.sqlite", "--iterations", "10", "--out", tmp_path / "o")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and "TensorRT" in result.stderr
+    assert "maedet-deploy[tensorrt]" in result.stderr     # printed as text, not taken for rich markup
 
 
 def test_tiny_latency_search_winner_measures_within_budget_and_warm_cache_repeats(tmp_path, tiny_file):

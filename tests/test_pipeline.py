@@ -92,6 +92,16 @@ def test_bad_settings_are_clear_errors(tmp_path, tiny_file):
         run_pipeline(tiny_settings(tmp_path, tiny_file, latency_ms=5.0))
     with pytest.raises(MaedetError, match="not neither"):
         run_pipeline(tiny_settings(tmp_path, tiny_file, speedup=None))
+    # Checked before any stage runs: nothing is measured, nothing is written.
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("not an image")
+    for changes, message in (({"images": empty}, "no images"), ({"method": "bogus"}, "unknown calibration method"),
+                             ({"init": "nosuch"}, "neither a zoo name"), ({"baseline": "nosuch"}, "neither a zoo name"),
+                             ({"holdout": 1000}, "INT8 needs more than the 1000 held out")):
+        with pytest.raises(MaedetError, match=message):
+            run_pipeline(tiny_settings(tmp_path, tiny_file, **changes))
+        assert not (tmp_path / "run").exists() and not (tmp_path / "latency.sqlite").exists()
     result = cli("pipeline", "--latency-ms", "5", "--images", tmp_path / "nowhere", "--out", tmp_path / "run")
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
     assert "nowhere" in result.stderr and not (tmp_path / "run").exists()

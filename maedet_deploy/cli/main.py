@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 import typer
+from rich.markup import escape
 
 from ..errors import MaedetError
 from . import calibrate_cmd, deploy_cmds, export_cmd, pipeline_cmd, profile_cmd, search_cmd, structure_cmds
@@ -35,7 +36,7 @@ def run() -> None:
     try:
         app()
     except MaedetError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        err_console.print("[bold red]error:[/]", escape(str(exc)), highlight=False, soft_wrap=True)
         sys.exit(2)
 
 

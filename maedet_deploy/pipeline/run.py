@@ -118,6 +118,7 @@ def run_pipeline(settings: PipelineSettings, log: Log = print,
     settings.check()
     backend = resolve_backend(settings.backend)
     images = settings.images or sample_images()
+    _check_inputs(settings, backend, images)
     out = Path(settings.out)
     result = PipelineResult()
     baseline_ms = None
@@ -161,6 +162,22 @@ def run_pipeline(settings: PipelineSettings, log: Log = print,
     write_text(out / "summary.json", json.dumps(result.summary, indent=2, default=str) + "\n")
     result.report = out / "report.md"
     return result
+
+
+def _check_inputs(settings: PipelineSettings, backend: str, images: Path) -> None:
+    """Everything a later stage would trip on, checked before any stage runs or writes."""
+    from ..calib.data import list_images
+    from ..calib.int8 import METHODS
+
+    _latency_target(settings, backend)
+    resolve_structure(settings.init)
+    resolve_structure(settings.baseline)
+    if settings.method not in METHODS:
+        raise MaedetError(f"unknown calibration method {settings.method!r} (choose from {', '.join(METHODS)})")
+    found = len(list_images(images))
+    if found <= settings.holdout:
+        raise MaedetError(f"{images} holds {found} image(s): INT8 needs more than the {settings.holdout} held out "
+                          "(lower --holdout or add images)")
 
 
 def _latency_target(settings: PipelineSettings, backend: str):
