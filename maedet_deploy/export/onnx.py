@@ -158,11 +158,46 @@ def _verify(graph: onnx.ModelProto, example: torch.Tensor, raw: tuple[torch.Tens
     with torch.no_grad():
         want = postprocess(torch.from_numpy(got[boxes_name]), torch.from_numpy(got[scores_name]).transpose(1, 2),
                            nms.max_detections, nms.iou_threshold, nms.score_threshold)
-    for name, tensor in zip(OUTPUT_NAMES, want):
-        if name in ("num_dets", "det_classes") and not np.array_equal(got[name], tensor.numpy()):
+    mine, theirs = _comparable(_canonical_order(dict(zip(OUTPUT_NAMES, (t.numpy() for t in want)))),
+                               _canonical_order({name: got[name] for name in OUTPUT_NAMES}))
+    for name in OUTPUT_NAMES:
+        if name in ("num_dets", "det_classes") and not np.array_equal(theirs[name], mine[name]):
             raise MaedetError(f"verification: {name} differs between ONNX Runtime and PyTorch")
-        errors.add(name, got[name], tensor.numpy(), side if name == "det_boxes" else 1.0)
+        errors.add(name, theirs[name], mine[name], side if name == "det_boxes" else 1.0)
     return errors
+
+
+def _comparable(mine: dict[str, np.ndarray], theirs: dict[str, np.ndarray]) -> tuple[dict, dict]:
+    """Copies in which each image's ambiguous tail is blanked on both sides: when the K slots
+    are full and the last kept score is shared by detections that did not fit, which of them
+    fill the slots is up to the implementation (a random-weight net at a small input
+    saturates hundreds of scores to exactly 1.0)."""
+    mine, theirs = {k: v.copy() for k, v in mine.items()}, {k: v.copy() for k, v in theirs.items()}
+    slots = mine["det_scores"].shape[1]
+    for image, count in enumerate(mine["num_dets"][:, 0]):
+        if count < slots:
+            continue
+        last = mine["det_scores"][image, slots - 1]
+        above = int((mine["det_scores"][image] > last).sum())
+        if above != int((theirs["det_scores"][image] > last).sum()):
+            continue  # the unambiguous detections differ: leave everything to the comparison
+        start = above
+        for outputs in (mine, theirs):
+            for name in ("det_boxes", "det_scores", "det_classes"):
+                outputs[name][image, start:] = 0
+    return mine, theirs
+
+
+def _canonical_order(outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Detections of each image sorted by score, then class, then box: detections with equal
+    scores (saturated sigmoids of a random-weight net at a small input) may come out of two
+    NMS implementations in either order, which is not a difference."""
+    boxes, scores, classes = outputs["det_boxes"], outputs["det_scores"], outputs["det_classes"]
+    order = np.stack([np.lexsort((boxes[i, :, 3], boxes[i, :, 2], boxes[i, :, 1], boxes[i, :, 0],
+                                  classes[i], -scores[i])) for i in range(len(scores))])
+    take = lambda array: np.take_along_axis(array, order.reshape(order.shape + (1,) * (array.ndim - 2)), axis=1)
+    return {"num_dets": outputs["num_dets"], "det_boxes": take(boxes), "det_scores": take(scores),
+            "det_classes": take(classes)}
 
 
 def _declare_outputs(graph: onnx.ModelProto, shapes: dict[str, Sequence[int | str]]) -> None:

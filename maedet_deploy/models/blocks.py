@@ -140,7 +140,8 @@ def init_weights(module: nn.Module) -> None:
 @torch.no_grad()
 def calibrate_batchnorm(model: nn.Module, in_channels: int = 3, image_size: int | tuple[int, int] = 256,
                         seed: int = 0) -> nn.Module:
-    """Set every BN's running statistics from one standard-Gaussian batch, then eval().
+    """Set every BN's running statistics from one standard-Gaussian batch (two images, so a
+    1x1 feature map at a small input size still has a variance), then eval().
 
     Untrained BN (mean 0, var 1) is the identity in eval mode, so activations of a
     random-weight net roughly double per residual unit and the outputs saturate:
@@ -154,7 +155,7 @@ def calibrate_batchnorm(model: nn.Module, in_channels: int = 3, image_size: int 
         m.reset_running_stats()
         m.momentum = None  # cumulative average: one batch sets the statistics exactly
     model.train()
-    model(torch.randn(1, in_channels, height, width, generator=torch.Generator().manual_seed(seed)))
+    model(torch.randn(2, in_channels, height, width, generator=torch.Generator().manual_seed(seed)))
     for m, momentum in zip(norms, momenta):
         m.momentum = momentum
     return model.eval()
