@@ -156,8 +156,10 @@ def compare(
     threads: Annotated[Optional[int], typer.Option(help="CPU threads for onnxruntime.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
-    """Run the same inputs through two backends or two models; per output: max/mean abs error,
-    max rel error, cosine similarity, pass/fail (|a - b| <= atol + rtol * |a|). Exit 1 when it fails.
+    """Run the same inputs through two backends or two models and compare every output.
+
+    Per output: max/mean abs error, max rel error, cosine similarity, pass/fail
+    (|a - b| <= atol + rtol * |a|). Exit 1 when it fails.
 
     Example: maedet-deploy compare det.onnx --backend-b tensorrt --shape x:1x3x640x640 --atol 1e-3
     """

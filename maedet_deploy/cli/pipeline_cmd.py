@@ -42,8 +42,11 @@ def pipeline(
     threads: LatencyThreadsOption = None,
     quiet_wait: QuietWaitOption = 10.0,
 ) -> None:
-    """Search a backbone under --latency-ms, export the detector, calibrate INT8, bench FP32/INT8
-    against the ResNet-50 detector, and write report.md / report.html in --out.
+    """From a latency budget to a benchmarked INT8 detector and a report, in one command.
+
+    Searches a backbone under the budget (measured here), exports the detector, calibrates it to
+    INT8, benches FP32/INT8 against the ResNet-50 detector and writes report.md / report.html in
+    --out. A finished stage is reused when the command runs again.
 
     Examples (each about 5 minutes on a 2-core CPU, a minute with a warm latency cache):
 
