@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from ..atomic import write_text
+from ..atomic import write_bytes, write_text
 from ..errors import MaedetError
 from ..structure import load_structure
 from ..zoo import resolve_structure
@@ -274,7 +274,7 @@ def _bench(settings: PipelineSettings, backend: str, export: dict[str, Any], cal
             network = cut_before_nms(onnx.load(path))
             if network is not None:
                 network_path = directory / f"model{index}.network.onnx"
-                onnx.save(network, str(network_path))
+                write_bytes(network_path, network.SerializeToString())
                 runners[f"{label}{PART_SEPARATOR}network"] = open_runner(network_path, backend, settings.threads)
             runners[f"{label}{PART_SEPARATOR}end to end"] = open_runner(path, backend, settings.threads)
         result = run_bench(runners, model=export["detector"], rounds=BENCH_ROUNDS, duration=settings.bench_seconds)
