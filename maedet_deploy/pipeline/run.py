@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import importlib.util
 import json
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from ..atomic import write_bytes, write_text
 from ..errors import MaedetError
-from ..structure import load_structure
+from ..structure import Structure, load_structure
 from ..zoo import resolve_structure
 from .report import render_html, render_markdown
 from .stages import StageResult, run_stage, settings_hash
@@ -72,9 +72,6 @@ class PipelineSettings:
         if self.images is not None and not Path(self.images).is_dir():
             raise MaedetError(f"--images {self.images} is not a folder")
 
-    def to_dict(self) -> dict[str, Any]:
-        return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
-
 
 def resolve_backend(name: str) -> str:
     """'auto': TensorRT when it and a CUDA GPU are present, else ONNX Runtime."""
@@ -117,13 +114,14 @@ def run_pipeline(settings: PipelineSettings, log: Log = print,
 
     settings.check()
     backend = resolve_backend(settings.backend)
+    placement = qdq_placement(backend)
     images = settings.images or sample_images()
-    _check_inputs(settings, backend, images)
+    init, baseline = _check_inputs(settings, backend, images)
     out = Path(settings.out)
     result = PipelineResult()
     baseline_ms = None
     if settings.speedup is not None:
-        baseline_ms = measure_baseline(settings, backend)
+        baseline_ms = measure_baseline(settings, backend, baseline)
         settings = replace(settings, latency_ms=round(baseline_ms / settings.speedup, 3))
         log(f"budget: {settings.latency_ms:g} ms, the {settings.baseline} detector's {baseline_ms:.2f} ms "
             f"/ {settings.speedup:g}")
@@ -142,15 +140,15 @@ def run_pipeline(settings: PipelineSettings, log: Log = print,
                      "profile": [settings.profile_networks, settings.profile_whole],
                      "check_every": settings.check_every}
     search = stage("search", search_config,
-                   lambda d: _search(settings, backend, d, search_runner or run_search_job))
+                   lambda d: _search(settings, backend, init, d, search_runner or run_search_job))
     export_config = {"search": settings_hash(search.data), "image_size": settings.image_size,
                      "num_classes": settings.num_classes, "baseline": settings.baseline, "batch": settings.batch}
-    export = stage("export", export_config, lambda d: _export(settings, search.directory, d))
+    export = stage("export", export_config, lambda d: _export(settings, baseline, search.directory, d))
     calib_config = {"export": settings_hash(export.data), "images": str(images), "method": settings.method,
                     "num_images": settings.num_images, "holdout": settings.holdout, "seed": settings.seed,
-                    "placement": qdq_placement(backend)}
+                    "placement": placement}
     calib = stage("calibrate", calib_config,
-                  lambda d: _calibrate(settings, export.data["detector"], images, qdq_placement(backend), d))
+                  lambda d: _calibrate(settings, export.data["detector"], images, placement, d))
     bench_config = {"export": settings_hash(export.data), "calibrate": settings_hash(calib.data),
                     "backend": backend, "seconds": settings.bench_seconds, "batch": settings.batch,
                     "threads": settings.threads, "rounds": BENCH_ROUNDS}
@@ -164,20 +162,21 @@ def run_pipeline(settings: PipelineSettings, log: Log = print,
     return result
 
 
-def _check_inputs(settings: PipelineSettings, backend: str, images: Path) -> None:
-    """Everything a later stage would trip on, checked before any stage runs or writes."""
+def _check_inputs(settings: PipelineSettings, backend: str, images: Path) -> tuple[Structure, Structure]:
+    """Everything a later stage would trip on, checked before any stage runs or writes;
+    returns the search's seed structure and the baseline's."""
     from ..calib.data import list_images
     from ..calib.int8 import METHODS
 
     _latency_target(settings, backend)
-    resolve_structure(settings.init)
-    resolve_structure(settings.baseline)
+    structures = resolve_structure(settings.init), resolve_structure(settings.baseline)
     if settings.method not in METHODS:
         raise MaedetError(f"unknown calibration method {settings.method!r} (choose from {', '.join(METHODS)})")
     found = len(list_images(images))
     if found <= settings.holdout:
         raise MaedetError(f"{images} holds {found} image(s): INT8 needs more than the {settings.holdout} held out "
                           "(lower --holdout or add images)")
+    return structures
 
 
 def _latency_target(settings: PipelineSettings, backend: str):
@@ -186,7 +185,7 @@ def _latency_target(settings: PipelineSettings, backend: str):
     return LatencyTarget(backend, "fp32", settings.batch, settings.threads)
 
 
-def measure_baseline(settings: PipelineSettings, backend: str) -> float:
+def measure_baseline(settings: PipelineSettings, backend: str, baseline: Structure) -> float:
     """The baseline detector's latency, measured as the search measures candidates (and cached with them)."""
     from ..search.latency import TimingSettings, open_measurer
 
@@ -194,12 +193,13 @@ def measure_baseline(settings: PipelineSettings, backend: str) -> float:
     measurer = open_measurer(_latency_target(settings, backend), settings.latency_cache,
                              TimingSettings(patience=settings.quiet_wait))
     try:
-        return measurer.networks([resolve_structure(settings.baseline)], size, settings.scope)[0]
+        return measurer.networks([baseline], size, settings.scope)[0]
     finally:
         measurer.close()
 
 
-def _search(settings: PipelineSettings, backend: str, directory: Path, runner: Callable) -> dict[str, Any]:
+def _search(settings: PipelineSettings, backend: str, init: Structure, directory: Path,
+            runner: Callable) -> dict[str, Any]:
     from ..search.budgets import cost_budgets
     from ..search.evolution import SearchSettings
     from ..search.job import SearchJob
@@ -212,7 +212,7 @@ def _search(settings: PipelineSettings, backend: str, directory: Path, runner: C
     job = SearchJob(directory, SearchSettings(image_size=(settings.image_size, settings.image_size),
                                               iterations=settings.iterations, population=settings.population,
                                               seed=settings.seed),
-                    resolve_structure(settings.init), cost_budgets(layers=settings.layers or None), latency,
+                    init, cost_budgets(layers=settings.layers or None), latency,
                     timing=TimingSettings(patience=settings.quiet_wait))
     outcome = runner(job)
     if not outcome.found:
@@ -220,19 +220,16 @@ def _search(settings: PipelineSettings, backend: str, directory: Path, runner: C
         raise MaedetError(f"search: no candidate measured within {settings.latency_ms:g} ms (closest "
                           f"{closest['measured_ms']:.2f} ms); raise --latency-ms or lower --image-size")
     report = outcome.report
-    return {"best": report["best"], "latency": report["latency"], "candidates": report["candidates"],
-            "structure": str(directory / "best_structure.json"),
-            "pareto_png": str(directory / "pareto.png")}
+    return {"best": report["best"], "latency": report["latency"], "candidates": report["candidates"]}
 
 
-def _export(settings: PipelineSettings, search_dir: Path, directory: Path) -> dict[str, Any]:
+def _export(settings: PipelineSettings, baseline: Structure, search_dir: Path, directory: Path) -> dict[str, Any]:
     from ..export import export_onnx
     from ..models import create_detector
     from ..search.score import entropy_score
     from ..structure import compute_cost
 
     size = settings.image_size
-    baseline = resolve_structure(settings.baseline)
     reports: dict[str, Any] = {}
     for name, spec in (("detector", load_structure(search_dir / "best_structure.json")), ("baseline", baseline)):
         model = create_detector(spec, num_classes=settings.num_classes, image_size=size)
