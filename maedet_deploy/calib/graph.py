@@ -129,6 +129,14 @@ def resolve_exclusions(model: onnx.ModelProto, patterns: Iterable[str]) -> dict[
     return out
 
 
+NMS_INPUT_LABELS = (":boxes", ":scores")  # `measure_points` labels an NMS's inputs "<node>:boxes", "<node>:scores"
+
+
+def is_nms_input(label: str) -> bool:
+    """Whether a `measure_points` label (as the accuracy report keys its outputs) is an NMS input."""
+    return label.endswith(NMS_INPUT_LABELS)
+
+
 def measure_points(model: onnx.ModelProto) -> dict[str, str]:
     """What to compare between two versions of a model: label -> tensor name.
 
@@ -138,9 +146,9 @@ def measure_points(model: onnx.ModelProto) -> dict[str, str]:
     points: dict[str, str] = {}
     for node in model.graph.node:
         if node.op_type in MEASURE_BEFORE:
-            for slot, label in ((0, "boxes"), (1, "scores")):
+            for slot, label in enumerate(NMS_INPUT_LABELS):
                 if len(node.input) > slot and node.input[slot]:
-                    points[f"{node.name}:{label}"] = node.input[slot]
+                    points[f"{node.name}{label}"] = node.input[slot]
     float_types = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE)
     for out in model.graph.output:
         if out.type.tensor_type.elem_type in float_types:
@@ -152,7 +160,7 @@ def raw_points(model: onnx.ModelProto) -> dict[str, str]:
     """The smooth subset of `measure_points`: the NMS inputs when there is an NMS,
     else the float outputs (what per-layer sensitivity is measured on)."""
     points = measure_points(model)
-    before_nms = {k: v for k, v in points.items() if k.endswith((":boxes", ":scores")) and v != k}
+    before_nms = {k: v for k, v in points.items() if is_nms_input(k) and v != k}
     return before_nms or points
 
 
@@ -174,7 +182,7 @@ def cut_before_nms(model: onnx.ModelProto) -> onnx.ModelProto | None:
     cover this part: NMS time depends on how many boxes pass its threshold, i.e. on the
     data and the weights."""
     points = raw_points(model)
-    if not any(label.endswith(":boxes") for label in points):
+    if not any(label.endswith(NMS_INPUT_LABELS[0]) for label in points):
         return None
     weights = {init.name for init in model.graph.initializer}
     inputs = [value.name for value in model.graph.input if value.name not in weights]

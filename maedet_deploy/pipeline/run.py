@@ -323,6 +323,8 @@ def reproduce_commands(settings: PipelineSettings, backend: str, images: Path) -
 
 def _summary(settings: PipelineSettings, backend: str, images: Path, search: StageResult, export: StageResult,
              calib: StageResult, bench: StageResult, baseline_ms: float | None) -> dict[str, Any]:
+    from ..calib.graph import is_nms_input
+
     latency = search.data["latency"]
     rows = bench.data["results"]
     for row in rows:
@@ -334,7 +336,7 @@ def _summary(settings: PipelineSettings, backend: str, images: Path, search: Sta
     int8 = report.get("int8") or {}
     outputs = report.get("outputs") or {}
     # Errors before NMS are smooth; after NMS a tiny change can swap a whole detection.
-    raw = {name: o for name, o in outputs.items() if ":" in name} or outputs
+    raw = {name: o for name, o in outputs.items() if is_nms_input(name)} or outputs
     agreement = (report.get("detection") or {}).get("agreement") or {}
     seconds = latency["time_s"]
     return {
