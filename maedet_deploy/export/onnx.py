@@ -181,10 +181,9 @@ def _comparable(mine: dict[str, np.ndarray], theirs: dict[str, np.ndarray]) -> t
         above = int((mine["det_scores"][image] > last).sum())
         if above != int((theirs["det_scores"][image] > last).sum()):
             continue  # the unambiguous detections differ: leave everything to the comparison
-        start = above
         for outputs in (mine, theirs):
             for name in ("det_boxes", "det_scores", "det_classes"):
-                outputs[name][image, start:] = 0
+                outputs[name][image, above:] = 0
     return mine, theirs
 
 
