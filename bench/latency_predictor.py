@@ -20,8 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from maedet_deploy.search.latency import (LatencySession, LatencyTarget, error_summary,
-                                          open_measurer)
+from maedet_deploy.search.latency import LatencySession, error_summary
+from maedet_deploy.search.measurer import LatencyTarget, open_measurer
 from maedet_deploy.search.space import Mutator, get_space
 from maedet_deploy.structure import compute_cost
 from maedet_deploy.structure.cost import as_hw
@@ -51,7 +51,7 @@ def main() -> None:
     parser.add_argument("--init", default="maedet-seed")
     parser.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads")
     parser.add_argument("--candidates", type=int, default=50)
-    parser.add_argument("--repeat", type=int, default=10, help="held-out networks re-measured for the noise floor")
+    parser.add_argument("--repeat", type=int, default=50, help="held-out networks re-measured for the noise floor")
     parser.add_argument("--cache", default=None, help="latency cache (default: a fresh temporary file)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--json", default=None, help="write the figures here too")

@@ -5,6 +5,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -15,14 +16,14 @@ from cli_helpers import cli
 from nets import TINY
 from maedet_deploy.errors import MaedetError
 from maedet_deploy.models import build_block
-from maedet_deploy.search.latency import (LatencySession, LatencyTarget, TimingSettings, network_item,
-                                          open_measurer, pareto_front)
+from maedet_deploy.search.latency import LatencySession, pareto_front
+from maedet_deploy.search.measurer import LatencyTarget, TimingSettings, block_item, network_item, open_measurer
 from maedet_deploy.search.latency_cache import Entry, LatencyCache
 from maedet_deploy.search.predictor import (FEATURES, block_features, block_inputs, build_predictor, nnls)
 from maedet_deploy.structure import K1DWK1, K1KXK1, KXKX, Block, Structure, load_structure
 
 SIZE = (64, 64)
-FAST = TimingSettings(rounds=2, round_s=0.01, min_iterations=3, patience=0.0)
+FAST = TimingSettings(visits=2, round_s=0.01, min_iterations=3, patience=0.0)
 TARGET = LatencyTarget(threads=1)
 # Small plan, no waiting for a quiet machine: fast, and the same plan in the library and the CLI.
 CLI_LATENCY = ["--image-size", "64", "--threads", "1", "--quiet-wait", "0", "--profile-networks", "2",
@@ -112,9 +113,34 @@ def test_measurer_exports_times_and_reuses(tmp_path):
     whole = measurer.networks([TINY], SIZE, "detector")[0]
     entry = measurer.cache.get(network_item(TINY, "detector", SIZE))
     assert entry.latency_ms == whole == entry.details["stats"]["median_ms"]
-    assert entry.details["runner"]["intra_threads"] == 1 and len(entry.details["round_medians_ms"]) >= 2
+    assert entry.details["runner"]["intra_threads"] == 1 and len(entry.details["visit_medians_ms"]) >= 2
+    assert whole == min(entry.details["visit_medians_ms"][i] for i, share in
+                        enumerate(entry.details["visit_cpu_share"]) if share >= FAST.quiet) or entry.details["contended"]
     assert whole > measurer.networks([TINY], SIZE, "backbone")[0]   # neck and head cost time
     measurer.close()
+
+
+def visit_times(cache: LatencyCache, items: list[str]) -> list[list[float]]:
+    return [cache.get(item).details["visit_at_s"] for item in items]
+
+
+def test_visits_of_a_batch_interleave_and_back_to_back_without_spread(tmp_path):
+    """Spread: each thing is visited once per pass, so its visits bracket the others'; without
+    spread (TensorRT's default) each thing's visits come one after another."""
+    placed = block_inputs(TINY, SIZE)[1:4]
+    items = [block_item(*p) for p in placed]
+    spread = open_measurer(TARGET, str(tmp_path / "spread.sqlite"), FAST)
+    spread.blocks(placed)
+    times = visit_times(spread.cache, items)
+    assert all(len(t) >= FAST.visits for t in times)
+    assert times[0][0] < times[1][0] < times[2][0] < times[0][1] < times[1][1] < times[2][1]
+    spread.close()
+    serial = open_measurer(TARGET, str(tmp_path / "serial.sqlite"), replace(FAST, spread=False))
+    serial.blocks(placed)
+    first, second, _ = visit_times(serial.cache, items)
+    assert first[-1] < second[0]
+    serial.close()
+    assert TimingSettings.for_backend("tensorrt").spread is False and TimingSettings.for_backend("onnxruntime").spread
 
 
 @pytest.mark.parametrize("options, message", [
@@ -228,7 +254,7 @@ def test_tiny_latency_search_winner_measures_within_budget_and_warm_cache_repeat
     assert first.returncode == 0, first.stdout + first.stderr
     report = json.loads((tmp_path / "a" / "report.json").read_text())["latency"]
     winner = load_structure(tmp_path / "a" / "best_structure.json")
-    measured = LatencyCache(cache, report["device"]["fingerprint_id"], {}, TARGET.key()).get(
+    measured = LatencyCache(cache, report["device"]["fingerprint_id"], {}, TARGET.cache_key()).get(
         network_item(winner, "backbone", SIZE)).latency_ms
     assert measured == report["winner"]["measured_ms"] <= float(budget)
     assert report["guard"]["checks"] >= 1 and report["measurements"]["measured"] > 0

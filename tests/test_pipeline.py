@@ -9,7 +9,7 @@ import pytest
 from cli_helpers import cli
 from maedet_deploy.errors import MaedetError
 from maedet_deploy.pipeline import PipelineSettings, run_pipeline
-from maedet_deploy.search.latency import network_item
+from maedet_deploy.search.measurer import network_item
 from maedet_deploy.search.latency_cache import LatencyCache
 from maedet_deploy.structure import load_structure
 from nets import TINY
@@ -42,7 +42,7 @@ def test_tiny_pipeline_report_matches_its_stages_and_resumes(tmp_path, tiny_file
     # The winner's latency is a measurement of this structure, within the budget.
     search = json.loads((out / "search" / "report.json").read_text())["latency"]
     winner = load_structure(out / "search" / "best_structure.json")
-    cached = LatencyCache(settings.latency_cache, search["device"]["fingerprint_id"], {}, search["settings"]["target"])
+    cached = LatencyCache(settings.latency_cache, search["device"]["fingerprint_id"], {}, search["cache_target"])
     measured = cached.get(network_item(winner, "detector", (SIZE, SIZE))).latency_ms
     summary = json.loads((out / "summary.json").read_text())
     assert summary["baseline_ms"] == cached.get(network_item(TINY, "detector", (SIZE, SIZE))).latency_ms

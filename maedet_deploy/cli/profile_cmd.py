@@ -8,7 +8,8 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from ..search.latency import PRECISIONS, SCOPES, LatencyRun, LatencySettings, LatencyTarget, TimingSettings
+from ..search.latency import SCOPES, LatencyRun, LatencySettings
+from ..search.measurer import PRECISIONS, LatencyTarget, TimingSettings
 from ..search.space import SPACES
 from ..structure.cost import as_hw
 from ..zoo import resolve_structure
@@ -42,7 +43,7 @@ def profile(
     settings = LatencySettings(float("inf"), LatencyTarget(backend, precision, batch, threads), scope,
                                cache_path=latency_cache, plan_networks=networks, plan_whole=whole)
     run = LatencyRun(settings, as_hw(parse_image_size(image_size)), space, resolve_structure(init), max_channels,
-                     TimingSettings(patience=quiet_wait))
+                     TimingSettings.for_backend(backend, patience=quiet_wait))
     try:
         with Progress(TextColumn("[bold]profile"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
                       TimeElapsedColumn(), console=console, transient=False, disable=json_output) as progress:

@@ -12,7 +12,8 @@ from rich.table import Table
 from ..search.budgets import cost_budgets
 from ..search.evolution import SearchSettings
 from ..search.job import SearchJob, SearchOutcome, run_search_job
-from ..search.latency import PRECISIONS, SCOPES, LatencySettings, LatencyTarget, TimingSettings
+from ..search.latency import SCOPES, LatencySettings
+from ..search.measurer import PRECISIONS, LatencyTarget, TimingSettings
 from ..search.outputs import budget_usage
 from ..search.score import DEFAULT_ALPHA, parse_alpha
 from ..search.space import SPACES
@@ -81,7 +82,7 @@ def search(
         latency_ms, LatencyTarget(backend, precision, batch, threads), latency_scope, verify_top,
         latency_check_every, cache_path=latency_cache, plan_networks=profile_networks, plan_whole=profile_whole)
     job = SearchJob(out, settings, resolve_structure(init), cost_budgets(flops=flops, params=params, layers=layers),
-                    latency, TimingSettings(patience=quiet_wait), workers, checkpoint_every, resume, top_k)
+                    latency, TimingSettings.for_backend(backend, patience=quiet_wait), workers, checkpoint_every, resume, top_k)
     outcome = run_with_progress(job)
     _summary(outcome.report)
     if not outcome.found:

@@ -180,18 +180,18 @@ def _check_inputs(settings: PipelineSettings, backend: str, images: Path) -> tup
 
 
 def _latency_target(settings: PipelineSettings, backend: str):
-    from ..search.latency import LatencyTarget
+    from ..search.measurer import LatencyTarget
 
     return LatencyTarget(backend, "fp32", settings.batch, settings.threads)
 
 
 def measure_baseline(settings: PipelineSettings, backend: str, baseline: Structure) -> float:
     """The baseline detector's latency, measured as the search measures candidates (and cached with them)."""
-    from ..search.latency import TimingSettings, open_measurer
+    from ..search.measurer import TimingSettings, open_measurer
 
     size = (settings.image_size, settings.image_size)
     measurer = open_measurer(_latency_target(settings, backend), settings.latency_cache,
-                             TimingSettings(patience=settings.quiet_wait))
+                             TimingSettings.for_backend(backend, patience=settings.quiet_wait))
     try:
         return measurer.networks([baseline], size, settings.scope)[0]
     finally:
@@ -203,7 +203,8 @@ def _search(settings: PipelineSettings, backend: str, init: Structure, directory
     from ..search.budgets import cost_budgets
     from ..search.evolution import SearchSettings
     from ..search.job import SearchJob
-    from ..search.latency import LatencySettings, TimingSettings
+    from ..search.latency import LatencySettings
+    from ..search.measurer import TimingSettings
 
     latency = LatencySettings(settings.latency_ms, _latency_target(settings, backend),
                               settings.scope, settings.verify_top, settings.check_every,
@@ -213,7 +214,7 @@ def _search(settings: PipelineSettings, backend: str, init: Structure, directory
                                               iterations=settings.iterations, population=settings.population,
                                               seed=settings.seed),
                     init, cost_budgets(layers=settings.layers or None), latency,
-                    timing=TimingSettings(patience=settings.quiet_wait))
+                    timing=TimingSettings.for_backend(backend, patience=settings.quiet_wait))
     outcome = runner(job)
     if not outcome.found:
         closest = outcome.verification.closest()

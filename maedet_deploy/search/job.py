@@ -11,7 +11,8 @@ from typing import Any, Callable
 from ..structure import Structure
 from .budgets import Budget
 from .evolution import SearchSettings, SearchState, load_checkpoint, new_state, run_search
-from .latency import LatencyRun, LatencySettings, TimingSettings, Verification
+from .latency import LatencyRun, LatencySettings, Verification
+from .measurer import TimingSettings
 from .outputs import write_outputs, write_pareto
 
 ProfileProgress = Callable[[int, int, str], None]
@@ -24,7 +25,7 @@ class SearchJob:
     init: Structure
     budgets: list[Budget] = field(default_factory=list)
     latency: LatencySettings | None = None
-    timing: TimingSettings = field(default_factory=TimingSettings)
+    timing: TimingSettings | None = None
     workers: int = 1
     checkpoint_every: float = 30.0
     resume: bool = False

@@ -1,16 +1,13 @@
 """Hardware-aware search: latency measured on the target, predicted in between, verified at the end.
 
-Measuring (`Measurer`): a candidate, or one block at its input size, is
-exported to ONNX (`export.export_structure_onnx`, random weights) and timed
-with the product's one timing loop (`bench.measure`) on the chosen backend.
-Timing runs in a few short rounds and keeps the round with the lowest median:
-other load on the machine only ever adds time, so the quietest round is the
-best estimate of the target's own latency. On a CPU backend a round counts
-only if the process got its threads' worth of CPU time (`TimingSettings`);
-a measurement that never got quiet rounds is marked contended, kept (it errs
-on the slow, safe side) but left out of every fit. Every measurement goes to
-the SQLite cache (`latency_cache`), keyed by device fingerprint and target,
-and is reused by later searches and other processes.
+Measuring (`measurer`): a candidate, or one block at its input size, is
+exported to ONNX (random weights) and timed with the product's one timing
+loop on the chosen backend, in short visits spread over the batch being
+measured, keeping the fastest quiet one (see `measurer` for why). A
+measurement that never got quiet visits is marked contended, kept (it errs on
+the slow, safe side) but left out of every fit. Every measurement goes to the
+SQLite cache (`latency_cache`), keyed by device fingerprint, target and timing
+protocol, and is reused by later searches and other processes.
 
 Predicting (`predictor`): the profile plan (`profile_plan`) is a fixed,
 seeded sample of blocks and whole networks from the space around the seed;
@@ -31,218 +28,23 @@ nothing new.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import random
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field, replace
-from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 from ..errors import MaedetError
 from ..structure import Block, Cost, Structure, compute_cost
 from ..structure.cost import as_hw
-from .latency_cache import Entry, LatencyCache
+from .measurer import (LatencyTarget, Measurer, Progress, TimingSettings, block_item, block_requests,
+                       network_item, network_requests, open_measurer)
 from .population import Member, Population
-from .predictor import NECK_CHANNELS, LatencyPredictor, block_inputs, build_predictor, cross_validated_errors
+from .predictor import LatencyPredictor, block_inputs, build_predictor, cross_validated_errors
 from .score import entropy_score
 from .space import Mutator, get_space, round8
 
-PRECISIONS = ("fp32", "fp16", "int8")
 SCOPES = ("backbone", "detector")
-Progress = Callable[[int, int, str], None]
-
-
-@dataclass(frozen=True)
-class LatencyTarget:
-    """Where and how latency is measured; `key()` separates cache rows of different targets."""
-
-    backend: str = "onnxruntime"
-    precision: str = "fp32"
-    batch: int = 1
-    threads: int | None = None   # onnxruntime intra-op threads; None: one per usable physical core
-
-    def __post_init__(self) -> None:
-        from ..backends import BACKENDS
-
-        if self.backend not in BACKENDS:
-            raise MaedetError(f"unknown backend {self.backend!r} (choose from {', '.join(BACKENDS)})")
-        if self.precision not in PRECISIONS:
-            raise MaedetError(f"unknown precision {self.precision!r} (choose from {', '.join(PRECISIONS)})")
-        if self.backend == "onnxruntime" and self.precision != "fp32":
-            raise MaedetError(f"--precision {self.precision} needs --backend tensorrt: ONNX Runtime runs the "
-                              "exported fp32 graph in fp32")
-        if self.precision == "int8":
-            raise MaedetError("--precision int8 needs a calibrated Q/DQ graph per candidate, which search does not "
-                              "build; search for fp16 (or fp32) latency and calibrate the winner")
-        if self.batch < 1:
-            raise MaedetError(f"--batch must be >= 1, got {self.batch}")
-        if self.threads is not None and self.threads < 1:
-            raise MaedetError(f"--threads must be >= 1, got {self.threads}")
-
-    def resolved_threads(self) -> int | None:
-        if self.backend != "onnxruntime":
-            return None
-        if self.threads is not None:
-            return self.threads
-        from ..backends.fingerprint import usable_cores
-        return usable_cores()
-
-    def key(self) -> str:
-        threads = self.resolved_threads()
-        return f"{self.backend}/{self.precision}/b{self.batch}" + (f"/t{threads}" if threads else "")
-
-    def runner_options(self) -> dict[str, Any]:
-        if self.backend == "onnxruntime":
-            return {"intra_threads": self.resolved_threads()}
-        return {"fp16": self.precision == "fp16"}
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"backend": self.backend, "precision": self.precision, "batch": self.batch,
-                "threads": self.resolved_threads(), "key": self.key()}
-
-
-@dataclass(frozen=True)
-class TimingSettings:
-    """Rounds of `bench.measure`; the quiet round with the lowest median is kept.
-
-    On a CPU backend a round is quiet when the process got the CPU time it
-    asked for (CPU time >= `quiet` x threads x wall time); a round in which
-    other programs took cores away is repeated, for up to `patience` seconds
-    per measurement, after which the best round is kept and the measurement
-    is marked contended (kept, and counted in reports: a cached number never
-    changes, so a search with a warm cache repeats itself exactly)."""
-
-    rounds: int = 3
-    round_s: float = 0.1
-    min_iterations: int = 5
-    warmup_s: float = 0.05
-    quiet: float = 0.9
-    patience: float = 10.0
-    backoff_s: float = 0.25
-
-
-@dataclass
-class MeasureCounters:
-    measured: int = 0
-    cached: int = 0
-    contended: int = 0
-    export_s: float = 0.0
-    timing_s: float = 0.0
-
-    @property
-    def seconds(self) -> float:
-        return self.export_s + self.timing_s
-
-    def to_dict(self) -> dict[str, float]:
-        return {"measured": self.measured, "cached": self.cached, "contended": self.contended,
-                "export_s": round(self.export_s, 3),
-                "timing_s": round(self.timing_s, 3), "seconds": round(self.seconds, 3)}
-
-
-def block_item(block: Block, height: int, width: int) -> str:
-    return "block:" + ":".join(str(v) for v in block.key()) + f"@{height}x{width}"
-
-
-def network_item(structure: Structure, scope: str, image_size: tuple[int, int]) -> str:
-    digest = hashlib.sha256(json.dumps(structure.to_dicts(), sort_keys=True).encode()).hexdigest()[:20]
-    return f"{scope}:{digest}@{image_size[0]}x{image_size[1]}"
-
-
-class Measurer:
-    """Exports and times structures on one target, through the cache. Measurements run one at a
-    time in this process: timing two things at once would measure their contention."""
-
-    def __init__(self, target: LatencyTarget, cache: LatencyCache, timing: TimingSettings = TimingSettings()) -> None:
-        self.target = target
-        self.cache = cache
-        self.timing = timing
-        self.counters = MeasureCounters()
-        self.contended: set[str] = set()   # items measured while other programs held the CPU
-        self._workdir = Path(tempfile.mkdtemp(prefix="maedet-latency-"))
-
-    def close(self) -> None:
-        shutil.rmtree(self._workdir, ignore_errors=True)
-        self.cache.close()
-
-    def blocks(self, placed: Sequence[tuple[Block, int, int]], progress: Progress | None = None) -> list[float]:
-        items = [block_item(b, h, w) for b, h, w in placed]
-        return self._many(items, [(Structure((b,)), (h, w), "backbone") for b, h, w in placed], progress)
-
-    def networks(self, structures: Sequence[Structure], image_size: tuple[int, int], scope: str,
-                 progress: Progress | None = None) -> list[float]:
-        items = [network_item(s, scope, image_size) for s in structures]
-        return self._many(items, [(s, image_size, scope) for s in structures], progress)
-
-    def _many(self, items: list[str], jobs: list[tuple[Structure, tuple[int, int], str]],
-              progress: Progress | None) -> list[float]:
-        found = self.cache.get_many(items)
-        results = []
-        for done, (item, (structure, size, scope)) in enumerate(zip(items, jobs)):
-            entry = found.get(item)
-            if entry is None:
-                entry = found[item] = self._measure(structure, size, scope)
-                self.cache.put(item, entry)
-                self.counters.measured += 1
-            else:
-                self.counters.cached += 1
-            if entry.details.get("contended"):
-                self.contended.add(item)
-            results.append(entry.latency_ms)
-            if progress:
-                progress(done + 1, len(items), item)
-        return results
-
-    def _measure(self, structure: Structure, image_size: tuple[int, int], scope: str) -> Entry:
-        from ..backends import load_runner
-        from ..export import export_structure_onnx
-
-        path = self._workdir / "candidate.onnx"
-        report = export_structure_onnx(structure, path, image_size, batch=self.target.batch, scope=scope,
-                                       neck_channels=NECK_CHANNELS)
-        self.counters.export_s += report.seconds
-        start = time.perf_counter()
-        runner = load_runner(path, self.target.backend, **self.target.runner_options())
-        try:
-            best, rounds, quiet = self._time(runner)
-        finally:
-            runner.close()
-        seconds = time.perf_counter() - start
-        self.counters.timing_s += seconds
-        self.counters.contended += not quiet
-        details = {"stats": best.to_dict(), "round_medians_ms": [r.median_ms for r, _ in rounds],
-                   "round_cpu_share": [share for _, share in rounds], "contended": not quiet,
-                   "runner": getattr(runner, "settings", {}), "scope": scope, "image_size": list(image_size),
-                   "blocks": structure.to_dicts()}
-        return Entry(best.median_ms, report.seconds, seconds, details)
-
-    def _time(self, runner):
-        """(kept round, every round with its CPU share, whether `rounds` quiet rounds were had)."""
-        from ..bench import make_feed, measure
-
-        timing = self.timing
-        threads = self.target.resolved_threads()
-        feed = make_feed(runner.inputs, seed=0)
-        rounds = []
-        deadline = time.perf_counter() + timing.patience
-        while True:
-            cpu = time.process_time()
-            stats = measure(runner, feed, warmup=timing.warmup_s if not rounds else 0.0,
-                            duration=timing.round_s, min_iterations=timing.min_iterations)
-            # CPU share per thread over the timed loop and warm-up (a GPU backend has none to judge).
-            share = (time.process_time() - cpu) / (stats.wall_s + stats.warmup_s) / threads if threads else 1.0
-            rounds.append((stats, share))
-            quiet = [r for r, s in rounds if s >= timing.quiet]
-            if len(quiet) >= timing.rounds or (time.perf_counter() > deadline and len(rounds) >= timing.rounds):
-                break
-            if share < timing.quiet:
-                time.sleep(timing.backoff_s)
-        enough = len(quiet) >= timing.rounds
-        best = min(quiet if enough else [r for r, _ in rounds], key=lambda stats: stats.median_ms)
-        return best, rounds, enough
 
 
 # ---- the profile plan ------------------------------------------------------------------------------
@@ -333,13 +135,6 @@ class LatencySettings:
                 "plan_networks": self.plan_networks, "plan_whole": self.plan_whole}
 
 
-def open_measurer(target: LatencyTarget, cache_path: str | None, timing: TimingSettings = TimingSettings()) -> Measurer:
-    from ..backends import device_fingerprint, fingerprint_id
-
-    fingerprint = device_fingerprint()
-    return Measurer(target, LatencyCache(cache_path, fingerprint_id(fingerprint), fingerprint, target.key()), timing)
-
-
 class LatencySession:
     """The measurements and predictor of one search (or one `profile`) at one image size and scope."""
 
@@ -363,12 +158,13 @@ class LatencySession:
         return self.measurer.networks([self.init], self.image_size, self.scope)[0]
 
     def prepare(self, progress: Progress | None = None) -> LatencyPredictor:
-        """Measure what the plan asks (cached entries are reused) and fit the predictor."""
+        """Measure what the plan asks (cached entries are reused) and fit the predictor. Blocks and
+        networks are one batch, so the correction is fitted on networks timed alongside the blocks."""
         blocks = self.plan.blocks
-        total = len(blocks) + len(self.plan.networks)
-        block_ms = self.measurer.blocks(blocks, progress and (lambda d, _, item: progress(d, total, item)))
-        network_ms = self.measurer.networks(self.plan.networks, self.image_size, self.scope,
-                                            progress and (lambda d, _, item: progress(len(blocks) + d, total, item)))
+        measured = self.measurer.measure(block_requests(blocks) + network_requests(self.plan.networks,
+                                                                                   self.image_size, self.scope),
+                                         progress)
+        block_ms, network_ms = measured[:len(blocks)], measured[len(blocks):]
         start = time.perf_counter()
         # Blocks timed while other programs held the CPU are left to the regression, while
         # enough quiet ones remain to fit it.
@@ -592,7 +388,7 @@ class LatencyRun:
     before, the budget and the guard during, verification and the Pareto front after."""
 
     def __init__(self, settings: LatencySettings, image_size: tuple[int, int], space: str, init: Structure,
-                 max_channels: int = 2048, timing: TimingSettings = TimingSettings()) -> None:
+                 max_channels: int = 2048, timing: TimingSettings | None = None) -> None:
         self.settings = settings
         self.measurer = open_measurer(settings.target, settings.cache_path, timing)
         self.session = LatencySession(self.measurer, space, init, image_size, settings.scope, max_channels,
@@ -640,6 +436,7 @@ class LatencyRun:
             "settings": self.settings.to_dict(),
             "device": {"fingerprint_id": self.measurer.cache.device, **_fingerprint()},
             "cache": str(self.measurer.cache.path),
+            "cache_target": self.measurer.cache.target,
             "seed_measured_ms": self.seed_ms,
             "status": "ok" if verification.winner else "no verified candidate within the budget",
             "winner": None if verification.winner is None else
