@@ -2,12 +2,13 @@
 
 Profiles the space around the seed (the same plan a search uses), then draws
 held-out candidates by random mutation walks from the seed (what a search
-meets), measures each whole with the product's measurer and compares with the
-prediction. Also re-measures some held-out networks in a second cache, to
-show the measurement's own noise floor. Targets: MAPE <= 5%, >= 95% within
-+-10%.
+meets; the profile's own whole networks are walks too, from another random
+stream, and are excluded), measures each whole with the product's measurer and
+compares with the prediction. Then re-measures the held-out networks into a
+second, fresh cache: the measurement's own noise floor. Targets: MAPE <= 5%,
+>= 95% within +-10%.
 
-    .venv/bin/python bench/latency_predictor.py --image-size 224 --threads 1
+    .venv/bin/python bench/latency_predictor.py --image-size 224
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from maedet_deploy.search.latency import LatencySession, error_summary
+from maedet_deploy.search.latency import LatencySession, error_summary, mutation_walks
 from maedet_deploy.search.measurer import LatencyTarget, open_measurer
 from maedet_deploy.search.space import Mutator, get_space
 from maedet_deploy.structure import compute_cost
@@ -29,18 +30,9 @@ from maedet_deploy.zoo import resolve_structure
 
 
 def held_out(space: str, seed, image_size, count: int, exclude: set, rng_seed: int) -> list:
-    """Distinct candidates from mutation walks of 4..40 steps from the seed (coarse phase)."""
-    mutator = Mutator(get_space(space), seed, image_size)
-    rng = random.Random(rng_seed)
-    chosen, seen = [], set(exclude) | {seed.key()}
-    while len(chosen) < count:
-        structure = seed
-        for _ in range(rng.randint(4, 40)):
-            structure = mutator.mutate(structure, rng)
-        if structure.key() not in seen:
-            seen.add(structure.key())
-            chosen.append(structure)
-    return chosen
+    """Distinct candidates from mutation walks of the seed, drawn apart from the profile's (another
+    random stream, and none of the profile's networks)."""
+    return mutation_walks(Mutator(get_space(space), seed, image_size), seed, random.Random(rng_seed), count, exclude)
 
 
 def main() -> None:

@@ -27,8 +27,9 @@ def profile(
     threads: LatencyThreadsOption = None,
     init: Annotated[str, typer.Option(help="Seed structure the search will start from.")] = "maedet-seed",
     max_channels: Annotated[int, typer.Option(help="Channel cap of the search.")] = 2048,
-    networks: Annotated[int, typer.Option(help="Random networks whose blocks are measured.")] = 24,
-    whole: Annotated[int, typer.Option(help="How many of them (plus the seed) are measured whole.")] = 8,
+    networks: Annotated[int, typer.Option(help="Random networks around the seed whose blocks are measured.")] = 24,
+    whole: Annotated[int, typer.Option(help="Mutation walks from the seed measured whole (and block by block), "
+                                            "plus the seed.")] = 8,
     quiet_wait: QuietWaitOption = 10.0,
     latency_cache: LatencyCacheOption = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
@@ -36,9 +37,11 @@ def profile(
     """Measure the blocks and networks a latency search of this space needs, so searches start at once.
 
     Measures the seed whole, then the blocks of --networks random networks around the seed (each
-    block alone at its input size) and --whole of those networks whole: what `search --latency-ms`
-    with the same space, seed, image size and target fits its predictor on. Entries already in
-    the cache are reused. Example: maedet-deploy profile --space k1kxk1 --image-size 320
+    block alone at its input size) and --whole mutation walks from the seed, block by block and
+    whole: what `search --latency-ms` with the same space, seed, image size and target fits its
+    predictor on. Each thing is timed in short visits spread over the whole batch, so a slow spell
+    of a shared host cannot skew it. Entries already in the cache are reused.
+    Example: maedet-deploy profile --space k1kxk1 --image-size 320
     """
     settings = LatencySettings(float("inf"), LatencyTarget(backend, precision, batch, threads), scope,
                                cache_path=latency_cache, plan_networks=networks, plan_whole=whole)

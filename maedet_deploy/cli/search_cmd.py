@@ -61,8 +61,8 @@ def search(
     quiet_wait: QuietWaitOption = 10.0,
     profile_networks: Annotated[int, typer.Option(help="Random networks whose blocks fit the predictor "
                                                        "(as `profile --networks`).")] = 24,
-    profile_whole: Annotated[int, typer.Option(help="How many of them are measured whole "
-                                                    "(as `profile --whole`).")] = 8,
+    profile_whole: Annotated[int, typer.Option(help="Mutation walks from the seed measured whole to fit its "
+                                                    "correction (as `profile --whole`).")] = 8,
 ) -> None:
     """Evolve backbones that maximise the multi-scale entropy under FLOPs/params/layers/latency budgets.
 

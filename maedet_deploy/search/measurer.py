@@ -106,7 +106,7 @@ class TimingSettings:
 
     visits: int = 5
     round_s: float = 0.1
-    min_iterations: int = 5
+    min_iterations: int = 3
     warmup_s: float = 0.05      # before a runner's first round; later visits warm up with one call
     quiet: float = 0.9
     patience: float = 10.0
@@ -260,6 +260,8 @@ class Measurer:
             start = time.perf_counter()
             for group in groups:
                 self._time_group(group, step, start)
+                for thing in group:
+                    self._unload(thing)
         finally:
             for thing in things:
                 self._unload(thing)
