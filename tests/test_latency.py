@@ -214,6 +214,13 @@ def test_session_profile_plan_is_deterministic_and_predicts(tmp_path):
     session = LatencySession(measurer, "k1kxk1", TINY, SIZE, "backbone", plan_networks=2, plan_whole=2)
     again = LatencySession(measurer, "k1kxk1", TINY, SIZE, "backbone", plan_networks=2, plan_whole=2)
     assert session.plan == again.plan and session.plan.networks[0] == TINY
+    # The whole networks are walks from the seed: distinct, of the seed's shape, and every block of
+    # them is in the plan, so the correction is fitted on networks the blocks predict exactly.
+    walks = session.plan.networks[1:]
+    assert len(walks) == 2 and len({w.key() for w in walks} | {TINY.key()}) == 3
+    planned = {(b.key(), h, w) for b, h, w in session.plan.blocks}
+    assert all(len(w.blocks) == len(TINY.blocks) and {(b.key(), h, x) for b, h, x in block_inputs(w, SIZE)} <= planned
+               for w in walks)
     predictor = session.prepare()
     assert predictor.predict(TINY) == measurer.networks([TINY], SIZE, "backbone")[0]
     measured_before = measurer.counters.measured
