@@ -39,4 +39,5 @@ LatencyCacheOption = Annotated[Optional[str], typer.Option(
 LatencyThreadsOption = Annotated[Optional[int], typer.Option(
     help="ONNX Runtime intra-op threads for latency (default: one per usable physical core).")]
 QuietWaitOption = Annotated[float, typer.Option(
-    help="Seconds a measurement waits for rounds in which no other program takes CPU time (0: never wait).")]
+    help="Extra seconds a batch of measurements spends on visits in which no other program takes CPU time, "
+         "for the things still short of them (0: never wait).")]
