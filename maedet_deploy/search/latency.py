@@ -110,13 +110,15 @@ def mutation_walks(mutator: Mutator, start: Structure, rng: random.Random, count
 def profile_plan(space: str, seed_structure: Structure, image_size: tuple[int, int], max_channels: int = 2048,
                  networks: int = 24, whole: int = 8) -> ProfilePlan:
     """The blocks of the seed, of `networks` random networks around it and of `whole` mutation
-    walks from it (every block at its input size), and the seed and the walks to measure whole.
+    walks from it (every block at its input size); measured whole: the seed, the walks and
+    `whole // 2` of the random networks.
 
     Random networks spread the block regression over the space; the walks are what the search
-    meets, so the whole-network correction is fitted on networks like the ones it will judge
-    (random networks add up from their blocks differently: on a 2-core CPU their block sums were
-    1% under their measured latency, the walks' 4% over). Seeded, so every search and `profile`
-    with the same arguments ask for the same measurements."""
+    meets, so most of the whole-network correction's data are networks like the ones it will
+    judge (random networks add up from their blocks differently: on a 2-core CPU their block
+    sums were 1% under their measured latency, the walks' 4% over), and the random ones give it
+    the range to extrapolate from. Seeded, so every search and `profile` with the same arguments
+    ask for the same measurements."""
     if networks < 1 or whole < 1:
         raise MaedetError(f"the profile needs >= 1 random networks and >= 1 whole ones, got {networks} and {whole}")
     mutator = Mutator(get_space(space, max_channels), seed_structure, image_size)
@@ -127,7 +129,7 @@ def profile_plan(space: str, seed_structure: Structure, image_size: tuple[int, i
     for structure in (seed_structure, *walks, *sampled):
         for block, height, width in block_inputs(structure, image_size):
             placed.setdefault((block.key(), height, width), (block, height, width))
-    return ProfilePlan(tuple(placed.values()), (seed_structure, *walks))
+    return ProfilePlan(tuple(placed.values()), (seed_structure, *walks, *sampled[:max(1, whole // 2)]))
 
 
 # ---- a search session: measurer, plan, predictor ----------------------------------------------------

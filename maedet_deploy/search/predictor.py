@@ -223,7 +223,9 @@ class LatencyPredictor:
         return self.measured_networks.get(structure.key())
 
     def with_calibration(self, networks: Sequence[tuple[Structure, float]]) -> "LatencyPredictor":
-        """A copy whose correction is fitted on these whole-network measurements (relative least squares).
+        """A copy whose correction is fitted on these whole-network measurements (relative least squares,
+        non-negative: a scale, the fixed neck and head, a cost per lateral MAC; a negative term fitted
+        on networks close together extrapolates wildly to the ones the search moves on to).
 
         With fewer measurements than terms, the terms are dropped from the end
         (lateral MACs, then the offset), down to a pure scale. The safety margin is
@@ -235,7 +237,7 @@ class LatencyPredictor:
             calibration: tuple[float, ...] = (1.0, 0.0)
         else:
             weight = 1.0 / measured
-            solution = np.linalg.lstsq(rows[:, :terms] * weight[:, None], measured * weight, rcond=None)[0]
+            solution = nnls(rows[:, :terms] * weight[:, None], measured * weight)
             calibration = tuple(float(v) for v in solution)
         margin = 0.0
         if len(networks) >= 3:
