@@ -3,7 +3,6 @@ optimization, the torch eager runner, shape specs and the device fingerprint."""
 
 import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -147,18 +146,3 @@ def test_fingerprint_is_recorded_and_its_id_is_stable():
         assert field in ID_FIELDS and fingerprint_id({**data, field: "changed"}) != key
     data["cpu"] = "mutated"
     assert device_fingerprint()["cpu"] != "mutated"                    # callers get a copy
-
-
-def run_cli(*args, monkeypatch, capsys) -> tuple[int, str, str]:
-    """The console entry point in-process (a subprocess pays seconds of imports per call)."""
-    from maedet_deploy.cli.main import run
-
-    monkeypatch.setattr(sys, "argv", ["maedet-deploy", *map(str, args)])
-    monkeypatch.setenv("COLUMNS", "200")
-    try:
-        run()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err

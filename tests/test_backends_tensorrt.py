@@ -9,11 +9,13 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper
-from test_backends import ppocr_det, run_cli, scale_model
+from cli_helpers import run_cli
+from test_backends import ppocr_det, scale_model
 
 from maedet_deploy.backends import load_runner, open_runner
 from maedet_deploy.backends.base import TensorSpec
-from maedet_deploy.backends.tensorrt import (INSTALL_HINT, METADATA_FORMAT, BuildOptions, check_engine, onnx_inputs,
+from maedet_deploy.backends.onnx_file import graph_inputs
+from maedet_deploy.backends.tensorrt import (INSTALL_HINT, METADATA_FORMAT, BuildOptions, check_engine,
                                              onnx_precisions, optimization_profile, precision_plan)
 from maedet_deploy.errors import MaedetError
 
@@ -45,7 +47,7 @@ def test_graph_precision_is_read_from_the_onnx_graph():
     assert onnx_precisions(qdq_model()) == {"int8"}
     assert onnx_precisions(fp16_model()) == {"fp16"}
     assert onnx_precisions(onnx.load(str(ppocr_det()), load_external_data=False)) == set()
-    (spec,) = onnx_inputs(fp16_model())
+    (spec,) = graph_inputs(fp16_model())
     assert spec == TensorSpec("x", ("n", 4), np.dtype(np.float32))
 
 
@@ -126,7 +128,7 @@ def test_cli_refuses_an_engine_from_another_tensorrt_version(fake_tensorrt, monk
     engine = tmp_path / "det.engine"
     engine.write_bytes(b"\0" * 16)
     (tmp_path / "det.engine.json").write_text(json.dumps(metadata(tensorrt_version="8.6.1")))
-    code, out, err = run_cli("bench", engine, "--backend", "tensorrt", monkeypatch=monkeypatch, capsys=capsys)
+    code, out, err = run_cli(monkeypatch, capsys, "bench", engine, "--backend", "tensorrt")
     assert code == 2 and "built with TensorRT 8.6.1, this is TensorRT 10.3.0" in err
     assert len(err.strip().splitlines()) <= 2  # one message (rich may wrap it)
 

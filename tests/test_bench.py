@@ -8,7 +8,8 @@ import time
 
 import numpy as np
 import pytest
-from test_backends import ppocr_det, run_cli, scale_model
+from cli_helpers import run_cli
+from test_backends import ppocr_det, scale_model
 
 from maedet_deploy.backends import load_runner
 from maedet_deploy.backends.base import TensorSpec
@@ -128,15 +129,13 @@ def test_bench_a_third_party_detector_with_a_batch_sweep_and_reports(tmp_path):
 
 
 def test_cli_bench_json_and_report(monkeypatch, capsys, tmp_path):
-    code, out, _ = run_cli("bench", ppocr_det(), "--shape", "x:1x3x64x64", "--batch", "1,2", "--warmup-ms", "10",
-                           "--iterations", "5", "--threads", "1", "--json", "--report", tmp_path / "r.csv",
-                           monkeypatch=monkeypatch, capsys=capsys)
+    code, out, _ = run_cli(monkeypatch, capsys, "bench", ppocr_det(), "--shape", "x:1x3x64x64", "--batch", "1,2", "--warmup-ms", "10",
+                           "--iterations", "5", "--threads", "1", "--json", "--report", tmp_path / "r.csv")
     assert code == 0
     data = json.loads(out)
     assert [(r["batch"], r["iterations"]) for r in data["results"]] == [(1, 5), (2, 5)]
     assert data["runners"]["onnxruntime"]["intra_threads"] == 1 and (tmp_path / "r.csv").is_file()
-    code, out, _ = run_cli("bench", ppocr_det(), "--shape", "x:1x3x64x64", "--duration", "0.05", "--warmup-ms", "0",
-                           monkeypatch=monkeypatch, capsys=capsys)
+    code, out, _ = run_cli(monkeypatch, capsys, "bench", ppocr_det(), "--shape", "x:1x3x64x64", "--duration", "0.05", "--warmup-ms", "0")
     assert code == 0 and "median" in out and "p99" in out
 
 
@@ -148,14 +147,14 @@ def test_cli_bench_json_and_report(monkeypatch, capsys, tmp_path):
     (["--shape", "y:1x3x64x64"], "no input named 'y'"),
 ])
 def test_cli_bench_bad_input_is_one_line_exit_2(args, message, monkeypatch, capsys):
-    code, _, err = run_cli("bench", ppocr_det(), *args, monkeypatch=monkeypatch, capsys=capsys)
+    code, _, err = run_cli(monkeypatch, capsys, "bench", ppocr_det(), *args)
     assert code == 2 and message in " ".join(err.split()) and err.startswith("error:")
 
 
 def test_cli_bench_refuses_a_file_that_is_not_onnx(monkeypatch, capsys, tmp_path):
     junk = tmp_path / "model.onnx"
     junk.write_text("not a model")
-    code, _, err = run_cli("bench", junk, monkeypatch=monkeypatch, capsys=capsys)
+    code, _, err = run_cli(monkeypatch, capsys, "bench", junk)
     assert code == 2 and "onnxruntime cannot load" in err
 
 
@@ -165,8 +164,8 @@ def test_cli_bench_with_the_torch_eager_baseline(monkeypatch, capsys, tmp_path):
 
     model = tmp_path / "seed.onnx"
     export_structure_onnx(resolve_structure("maedet-seed"), model, 64, scope="detector", num_classes=3)
-    code, out, _ = run_cli("bench", model, "--torch-baseline", "maedet-seed", "--num-classes", "3", "--iterations",
-                           "3", "--warmup-ms", "0", "--json", monkeypatch=monkeypatch, capsys=capsys)
+    code, out, _ = run_cli(monkeypatch, capsys, "bench", model, "--torch-baseline", "maedet-seed", "--num-classes", "3", "--iterations",
+                           "3", "--warmup-ms", "0", "--json")
     assert code == 0
     data = json.loads(out)
     assert [r["runner"] for r in data["results"]] == ["onnxruntime", "torch eager"]

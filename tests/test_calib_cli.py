@@ -5,11 +5,11 @@ import json
 import numpy as np
 import onnx
 import pytest
+from cli_helpers import run_cli
 from onnx import TensorProto
 from test_calib_data import identity_model
 from test_calib_quant import TinyGFL, draw_images, export
 
-from maedet_deploy.cli.main import run
 
 
 @pytest.fixture(scope="module")
@@ -18,12 +18,6 @@ def setup(tmp_path_factory):
     return export(TinyGFL, root / "tiny.onnx"), draw_images(root / "images", 12)
 
 
-def run_cli(monkeypatch, capsys, *args) -> tuple[int, str, str]:
-    monkeypatch.setattr("sys.argv", ["maedet-deploy", *map(str, args)])
-    with pytest.raises(SystemExit) as exit_info:
-        run()
-    captured = capsys.readouterr()
-    return exit_info.value.code, captured.out, captured.err
 
 
 def test_int8_with_report_cache_and_target(setup, tmp_path, monkeypatch, capsys):

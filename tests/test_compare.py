@@ -8,7 +8,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image, ImageDraw
-from test_backends import ppocr_det, run_cli, scale_model
+from cli_helpers import run_cli
+from test_backends import ppocr_det, scale_model
 
 from maedet_deploy.backends import build_model, load_runner
 from maedet_deploy.compare import Preprocess, compare_arrays, compare_runners, image_feeds, pair_outputs, random_feeds
@@ -119,20 +120,18 @@ def test_images_are_preprocessed_into_batches(images, tmp_path):
 
 
 def test_cli_compare_passes_on_the_optimized_build_with_real_images(optimized, images, monkeypatch, capsys):
-    code, out, _ = run_cli("compare", ppocr_det(), optimized, "--images", images, "--shape", "x:1x3x64x96",
+    code, out, _ = run_cli(monkeypatch, capsys, "compare", ppocr_det(), optimized, "--images", images, "--shape", "x:1x3x64x96",
                            "--letterbox", "--bgr", "--mean", "0.485,0.456,0.406", "--std", "0.229,0.224,0.225",
-                           "--json", monkeypatch=monkeypatch, capsys=capsys)
+                           "--json")
     data = json.loads(out)
     assert code == 0 and data["passed"] and data["samples"] == 3
-    code, out, _ = run_cli("compare", ppocr_det(), optimized, "--shape", "x:1x3x64x64",
-                           monkeypatch=monkeypatch, capsys=capsys)
+    code, out, _ = run_cli(monkeypatch, capsys, "compare", ppocr_det(), optimized, "--shape", "x:1x3x64x64")
     assert code == 0 and "PASSED" in out and "cosine" in out
 
 
 def test_cli_compare_fails_with_exit_1_on_the_perturbed_copy(perturbed, images, monkeypatch, capsys):
-    code, out, _ = run_cli("compare", ppocr_det(), perturbed, "--shape", "x:1x3x64x64", "--atol", "1e-3",
-                           "--images", images, "--bgr", "--mean", "0.485,0.456,0.406", "--std", "0.229,0.224,0.225",
-                           monkeypatch=monkeypatch, capsys=capsys)
+    code, out, _ = run_cli(monkeypatch, capsys, "compare", ppocr_det(), perturbed, "--shape", "x:1x3x64x64", "--atol", "1e-3",
+                           "--images", images, "--bgr", "--mean", "0.485,0.456,0.406", "--std", "0.229,0.224,0.225")
     assert code == 1 and "FAILED" in out
 
 
@@ -144,8 +143,8 @@ def test_cli_compare_fails_when_output_shapes_differ(tmp_path, monkeypatch, caps
     onnx.save(helper.make_model(pooled, opset_imports=[helper.make_opsetid("", 17)], ir_version=8),
               tmp_path / "pool.onnx")
     scale_model(tmp_path / "scale.onnx", dims=("n", 3, 4, 4))
-    code, out, _ = run_cli("compare", tmp_path / "scale.onnx", tmp_path / "pool.onnx", "--shape", "x:1x3x4x4",
-                           "--json", monkeypatch=monkeypatch, capsys=capsys)
+    code, out, _ = run_cli(monkeypatch, capsys, "compare", tmp_path / "scale.onnx", tmp_path / "pool.onnx", "--shape", "x:1x3x4x4",
+                           "--json")
     data = json.loads(out)
     assert code == 1 and data["outputs"][0]["message"] == "shapes differ: 1x3x4x4 vs 1x3x1x1"
 
@@ -159,7 +158,7 @@ def test_cli_compare_fails_when_output_shapes_differ(tmp_path, monkeypatch, caps
 ])
 def test_cli_compare_bad_input_is_exit_2(second, args, message, optimized, monkeypatch, capsys):
     models = [ppocr_det(), optimized] if second else [ppocr_det()]
-    code, _, err = run_cli("compare", *models, *args, monkeypatch=monkeypatch, capsys=capsys)
+    code, _, err = run_cli(monkeypatch, capsys, "compare", *models, *args)
     assert code == 2 and message in " ".join(err.split())
 
 

@@ -4,11 +4,10 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from cli_helpers import cli
+from cli_helpers import cli, run_cli
 from torch import nn
 
 from maedet_deploy.backends import load_runner
-from maedet_deploy.cli.main import run
 from maedet_deploy.errors import MaedetError
 from maedet_deploy.export import EndToEnd, export_onnx, export_structure_onnx
 from maedet_deploy.models import create_detector
@@ -157,25 +156,19 @@ def test_cli_export(tmp_path):
     assert path.is_file()
 
 
-def run_cli(monkeypatch, capsys, *args) -> tuple[int, str]:
-    """The console entry point in-process: exit code and stderr."""
-    monkeypatch.setattr("sys.argv", ["maedet-deploy", *map(str, args)])
-    with pytest.raises(SystemExit) as exit_info:
-        run()
-    return exit_info.value.code, capsys.readouterr().err
 
 
 def test_cli_bad_inputs_exit_2_without_a_file(tmp_path, monkeypatch, capsys):
     bad = tmp_path / "bad.json"
     bad.write_text('[{"class": "ConvKXBNRELU", "in": 3, "out": 16, "s": 2}]')
     out = tmp_path / "out.onnx"
-    code, err = run_cli(monkeypatch, capsys, "export", bad, "--out", out)
+    code, _, err = run_cli(monkeypatch, capsys, "export", bad, "--out", out)
     assert code == 2 and "missing field 'k'" in err and err.strip().count("\n") == 0
-    code, err = run_cli(monkeypatch, capsys, "export", "no-such-net", "--out", out)
+    code, _, err = run_cli(monkeypatch, capsys, "export", "no-such-net", "--out", out)
     assert code == 2 and "neither a zoo name" in err
     checkpoint = tmp_path / "other.pth"
     torch.save({"state_dict": {"head.scales": torch.ones(3)}}, checkpoint)
-    code, err = run_cli(monkeypatch, capsys, "export", "maedet-seed", "--checkpoint", checkpoint, "--out", out)
+    code, _, err = run_cli(monkeypatch, capsys, "export", "maedet-seed", "--checkpoint", checkpoint, "--out", out)
     assert code == 2 and "missing key" in err
     assert not out.exists()
 

@@ -30,17 +30,11 @@ def open_runner(model: str | os.PathLike, backend: str = "onnxruntime", threads:
     """`load_runner` from the options every command shares: CPU threads for onnxruntime; for an
     ONNX model on tensorrt, an optimization profile that covers the shapes and batch sweep."""
     if backend == "tensorrt" and Path(model).suffix.lower() == ".onnx":
-        import onnx
-
-        from .tensorrt import import_tensorrt, onnx_inputs
+        from .onnx_file import graph_inputs, load_model
+        from .tensorrt import import_tensorrt
 
         import_tensorrt()  # say what to install before asking for shapes
-        try:
-            inputs = onnx_inputs(onnx.load(str(model), load_external_data=False))
-        except FileNotFoundError:
-            raise MaedetError(f"model file not found: {model}") from None
-        except Exception as exc:  # protobuf's DecodeError and friends
-            raise MaedetError(f"{model} is not an ONNX model: {exc}") from None
+        inputs = graph_inputs(load_model(model, external_data=False))
         low, opt, high = profile_shapes(inputs, shapes, batches)
         return load_runner(model, backend, min_shapes=low, opt_shapes=opt, max_shapes=high)
     if backend == "onnxruntime":

@@ -2,8 +2,9 @@
 
 A `Runner` holds a loaded model, declares its inputs and outputs, and runs a
 feed dict of numpy arrays. `bench` and `compare` accept any runner, so a new
-backend only implements this. A runner may also carry a `settings` dict (threads,
-precision, ...): reports record it when present.
+backend only implements this. Every runner carries a `settings` dict (threads,
+precision, ...) that reports record, and is a context manager: `with runner:`
+releases the model on every path, as Polygraphy's runners do.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ class TensorSpec:
 @runtime_checkable
 class Runner(Protocol):
     backend: str
+    settings: dict
 
     @property
     def inputs(self) -> list[TensorSpec]: ...
@@ -45,7 +47,23 @@ class Runner(Protocol):
         """Run once; returns host arrays keyed by output name."""
         ...
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """Release the model; safe to call twice."""
+        ...
+
+    def __enter__(self) -> "Runner": ...
+
+    def __exit__(self, *exc_info) -> None: ...
+
+
+class RunnerLifecycle:
+    """`with runner:` closes the runner however the block ends; runners inherit this."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
 
 
 def metadata_path(model: str | os.PathLike) -> Path:

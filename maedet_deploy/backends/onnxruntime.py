@@ -26,8 +26,8 @@ from typing import Mapping
 import numpy as np
 
 from ..atomic import atomic_path, write_text
-from ..errors import MaedetError
-from .base import TensorSpec, metadata_path
+from ..errors import MaedetError, first_line
+from .base import RunnerLifecycle, TensorSpec, metadata_path
 from .fingerprint import device_fingerprint, usable_cores
 
 METADATA_FORMAT = "maedet-ort-optimized/1"
@@ -47,10 +47,6 @@ EXECUTION_MODES = ("sequential", "parallel")
 def _spec(node) -> TensorSpec:
     return TensorSpec(node.name, tuple(node.shape), np.dtype(_ORT_TYPES.get(node.type, np.float32)))
 
-
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def session_options(intra_threads: int | None = None, inter_threads: int = 0, graph_optimization: str = "all",
@@ -101,10 +97,10 @@ def _session(model: str | os.PathLike | bytes, options, providers: list[str]):
         return ort.InferenceSession(model if isinstance(model, bytes) else str(model), options, providers=providers)
     except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/InvalidProtobuf types
         where = "model" if isinstance(model, bytes) else model
-        raise MaedetError(f"onnxruntime cannot load {where}: {_first_line(exc)}") from None
+        raise MaedetError(f"onnxruntime cannot load {where}: {first_line(exc)}") from None
 
 
-class OnnxRuntimeRunner:
+class OnnxRuntimeRunner(RunnerLifecycle):
     backend = "onnxruntime"
 
     def __init__(self, model: str | os.PathLike | bytes, device: str = "cpu", intra_threads: int | None = None,

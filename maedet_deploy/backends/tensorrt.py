@@ -28,7 +28,7 @@ import numpy as np
 
 from ..atomic import write_bytes, write_text
 from ..errors import MaedetError
-from .base import TensorSpec, metadata_path
+from .base import RunnerLifecycle, TensorSpec, metadata_path
 from .shapes import Shape, check_names, is_static
 
 METADATA_FORMAT = "maedet-engine/1"
@@ -97,21 +97,6 @@ class PrecisionPlan:
     flags: tuple[str, ...]       # BuilderFlag names to set (TensorRT < 10 only)
     strongly_typed: bool
     precision: str               # fp32, fp16, int8 or int8+fp16
-
-
-def onnx_inputs(model) -> list[TensorSpec]:
-    """Graph inputs that are not initializers, as TensorSpecs (dynamic dims by name)."""
-    import onnx
-
-    initializers = {init.name for init in model.graph.initializer}
-    specs = []
-    for value in model.graph.input:
-        if value.name in initializers:
-            continue
-        tensor = value.type.tensor_type
-        dims = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tensor.shape.dim)
-        specs.append(TensorSpec(value.name, dims, np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type))))
-    return specs
 
 
 def onnx_precisions(model) -> set[str]:
@@ -244,20 +229,15 @@ def create_config(trt, builder, options: BuildOptions, plan: PrecisionPlan,
 
 def build_engine(onnx_path: str | os.PathLike, options: BuildOptions = BuildOptions()) -> tuple[bytes, dict]:
     """A serialized engine and its metadata. The timing cache file, when given, is read and updated."""
-    import onnx
+    from .onnx_file import graph_inputs, load_model
 
     trt = import_tensorrt()
     torch = cuda_torch()
     path = Path(onnx_path)
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except FileNotFoundError:
-        raise MaedetError(f"model file not found: {path}") from None
-    except Exception as exc:  # protobuf's DecodeError and friends
-        raise MaedetError(f"{path} is not an ONNX model: {exc}") from None
+    model = load_model(path, external_data=False)
     plan = precision_plan(trt.__version__, onnx_precisions(model), options.fp16, options.int8,
                           hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED"))
-    profile = optimization_profile(onnx_inputs(model), options)
+    profile = optimization_profile(graph_inputs(model), options)
     builder = trt.Builder(_logger(trt))
     network, _parser = parse_onnx(trt, builder, path, plan.strongly_typed)
     config = create_config(trt, builder, options, plan, profile)
@@ -316,7 +296,7 @@ def load_engine(path: str | os.PathLike) -> tuple[bytes, dict | None]:
 # ---- TensorRT: run -------------------------------------------------------------------------------
 
 
-class TensorRTRunner:
+class TensorRTRunner(RunnerLifecycle):
     """Runs an engine (or an ONNX model built in memory) by tensor name with execute_async_v3.
 
     `infer` includes the host<->device copies, as an application would see them."""

@@ -12,11 +12,11 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from ..errors import MaedetError
-from .base import TensorSpec
+from .base import RunnerLifecycle, TensorSpec
 from .fingerprint import usable_cores
 
 
-class TorchRunner:
+class TorchRunner(RunnerLifecycle):
     backend = "torch"
 
     def __init__(self, module, inputs: Sequence[TensorSpec], output_names: Sequence[str] | None = None,

@@ -50,7 +50,7 @@ import onnx
 from onnx import numpy_helper
 
 from ..atomic import atomic_path
-from ..errors import MaedetError
+from ..errors import MaedetError, first_line
 from .data import DataSource
 from .graph import COMPUTE_OPS, default_exclusions, load_model, name_nodes, resolve_exclusions
 
@@ -78,10 +78,6 @@ def _quiet():
     finally:
         root.setLevel(level)
 
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 # ---------------------------------------------------------------- 1. prepare
@@ -113,7 +109,7 @@ def prepare(model: str | os.PathLike | bytes | onnx.ModelProto, preprocess: bool
                     return Prepared(name_nodes(onnx.load(str(dst))), True,
                                     "symbolic shape inference skipped" if options else "")
                 except Exception as exc:  # the pre-processing raises many types
-                    errors.append(_first_line(exc))
+                    errors.append(first_line(exc))
         note = f"pre-processing failed ({errors[-1]}); quantizing the model as is"
     else:
         note = "pre-processing off"
@@ -303,7 +299,7 @@ def calibrate(model: Prepared | onnx.ModelProto, data: DataSource, method: str =
         try:
             outputs = runner.infer(batch.feed)
         except Exception as exc:  # onnxruntime's Fail/InvalidArgument on a bad feed
-            raise MaedetError(f"calibration inference failed: {_first_line(exc)}") from None
+            raise MaedetError(f"calibration inference failed: {first_line(exc)}") from None
         for name in tensors:
             value = batch.feed.get(name) if name in inputs else outputs.get(name)
             if value is not None:
@@ -353,7 +349,7 @@ def quantize_qdq(model: Prepared | onnx.ModelProto, calibration: Calibration, ex
                                 nodes_to_exclude=sorted(exclude), calibrate_method=tensors.calibration_method,
                                 extra_options=extra, calibration_cache_path=str(cache))
         except Exception as exc:  # onnxruntime.quantization raises assorted types
-            raise MaedetError(f"onnxruntime quantization failed: {_first_line(exc)}") from None
+            raise MaedetError(f"onnxruntime quantization failed: {first_line(exc)}") from None
         return float_inputs_for(onnx.load(str(dst)), exclude)
 
 

@@ -36,7 +36,7 @@ def run() -> None:
     try:
         app()
     except MaedetError as exc:
-        err_console.print("[bold red]error:[/]", escape(str(exc)), highlight=False, soft_wrap=True)
+        err_console.print("[bold red]error:[/]", escape(exc.for_cli()), highlight=False, soft_wrap=True)
         sys.exit(2)
 
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-from ..errors import MaedetError
+from ..errors import MaedetError, first_line
 
 ENV_VAR = "MAEDET_LATENCY_CACHE"
 FORMAT = "maedet-latency-cache"
@@ -59,9 +59,6 @@ def _is_busy(exc: sqlite3.OperationalError) -> bool:
     return "locked" in text or "busy" in text
 
 
-def _first_line(exc: Exception) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-
 
 class LatencyCache:
     """Rows of one device and target in a shared SQLite file."""
@@ -76,7 +73,7 @@ class LatencyCache:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
         except (OSError, sqlite3.Error) as exc:
-            raise MaedetError(f"cannot open latency cache {self.path}: {_first_line(exc)}") from None
+            raise MaedetError(f"cannot open latency cache {self.path}: {first_line(exc)}") from None
         deadline = time.monotonic() + BUSY_TIMEOUT_S
         while True:
             try:
@@ -93,7 +90,7 @@ class LatencyCache:
                 if busy:
                     raise MaedetError(f"latency cache {self.path} stayed locked by another process for "
                                       f"{BUSY_TIMEOUT_S:g} s") from None
-                raise MaedetError(f"latency cache {self.path} is corrupt or not a cache ({_first_line(exc)}); "
+                raise MaedetError(f"latency cache {self.path} is corrupt or not a cache ({first_line(exc)}); "
                                   "move it away or pass another --latency-cache") from None
 
     def _open(self, fingerprint: dict[str, Any]) -> None:
@@ -160,7 +157,7 @@ class LatencyCache:
                                  (self.device, self.target, item, entry.latency_ms, entry.export_s, entry.measure_s,
                                   json.dumps(entry.details, sort_keys=True), time.time()))
         except sqlite3.OperationalError as exc:
-            raise MaedetError(f"cannot write latency cache {self.path}: {_first_line(exc)}") from None
+            raise MaedetError(f"cannot write latency cache {self.path}: {first_line(exc)}") from None
 
     def count(self) -> int:
         return self._db.execute("SELECT COUNT(*) FROM latency WHERE device = ? AND target = ?",
