@@ -7,6 +7,7 @@ import onnx
 import pytest
 
 from cli_helpers import cli
+from maedet_deploy.cli.pipeline_cmd import reproduce_commands
 from maedet_deploy.errors import MaedetError
 from maedet_deploy.pipeline import PipelineSettings, run_pipeline
 from maedet_deploy.search.measurer import network_item
@@ -30,7 +31,7 @@ def test_tiny_pipeline_report_matches_its_stages_and_resumes(tmp_path, tiny_file
     # --speedup 0.5 against the tiny net itself: a budget of twice its measured latency.
     settings = tiny_settings(tmp_path, tiny_file)
     lines = []
-    first = run_pipeline(settings, log=lines.append)
+    first = run_pipeline(settings, log=lines.append, reproduce=reproduce_commands)
     out = settings.out
     assert [name for name in first.stages] == ["search", "export", "calibrate", "bench"]
     assert not any(stage.reused for stage in first.stages.values())

@@ -9,7 +9,7 @@ from rich.markup import escape
 
 from ..errors import MaedetError
 from . import calibrate_cmd, deploy_cmds, export_cmd, pipeline_cmd, profile_cmd, search_cmd, structure_cmds
-from .common import err_console
+from .common import command_help, err_console, usual_metavars
 
 app = typer.Typer(
     name="maedet-deploy",
@@ -19,22 +19,16 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-app.command()(structure_cmds.info)
-app.command()(structure_cmds.zoo)
-app.command()(search_cmd.search)
-app.command()(profile_cmd.profile)
-app.command()(export_cmd.export)
-app.command()(deploy_cmds.build)
-app.command()(deploy_cmds.bench)
-app.command()(deploy_cmds.compare)
-app.command()(calibrate_cmd.calibrate)
-app.command()(pipeline_cmd.pipeline)
+for command in (structure_cmds.info, structure_cmds.zoo, search_cmd.search, profile_cmd.profile, export_cmd.export,
+                deploy_cmds.build, deploy_cmds.bench, deploy_cmds.compare, calibrate_cmd.calibrate,
+                pipeline_cmd.pipeline):
+    app.command(help=command_help(command))(command)
 
 
 def run() -> None:
     """Console entry: click handles usage errors (exit 2); ours get one line, exit 2."""
     try:
-        app()
+        usual_metavars(typer.main.get_command(app))()
     except MaedetError as exc:
         err_console.print("[bold red]error:[/]", escape(exc.for_cli()), highlight=False, soft_wrap=True)
         sys.exit(2)
