@@ -146,3 +146,24 @@ def test_fingerprint_is_recorded_and_its_id_is_stable():
         assert field in ID_FIELDS and fingerprint_id({**data, field: "changed"}) != key
     data["cpu"] = "mutated"
     assert device_fingerprint()["cpu"] != "mutated"                    # callers get a copy
+
+
+def test_resolve_backend_auto_picks_tensorrt_only_with_a_gpu(monkeypatch):
+    import importlib.machinery
+    import sys
+    import types
+
+    import torch
+
+    from maedet_deploy.backends import resolve_backend
+
+    assert [resolve_backend(name) for name in ("onnxruntime", "tensorrt")] == ["onnxruntime", "tensorrt"]
+    with pytest.raises(MaedetError, match="unknown backend 'openvino'") as info:
+        resolve_backend("openvino")
+    assert info.value.setting == "backend"
+    monkeypatch.setitem(sys.modules, "tensorrt", None)           # not installed
+    assert resolve_backend("auto") == "onnxruntime"
+    installed = types.ModuleType("tensorrt")
+    installed.__spec__ = importlib.machinery.ModuleSpec("tensorrt", None)
+    monkeypatch.setitem(sys.modules, "tensorrt", installed)      # installed: the GPU decides
+    assert resolve_backend("auto") == ("tensorrt" if torch.cuda.is_available() else "onnxruntime")
