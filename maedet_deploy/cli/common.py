@@ -8,7 +8,6 @@ import json
 import sys
 from typing import Annotated, Any, Callable, Optional
 
-import click
 import typer
 from rich.console import Console
 
@@ -64,19 +63,19 @@ def _usual_type(shown: str) -> str:
     return _USUAL_TYPES.get(label, label.upper())
 
 
-def usual_metavars(command: click.Command) -> click.Command:
+def usual_metavars(command: Any) -> Any:
     """Show option types as click and typer always did (TEXT, INTEGER, FLOAT, PATH; nothing for an
     on/off flag) where typer >= 0.2x shows `<str>`, `<bool>`. Older typer already does: untouched."""
     for sub in getattr(command, "commands", {}).values():
         usual_metavars(sub)
-    context = click.Context(command)
+    context = typer.Context(command)
     for param in command.get_params(context):  # with the help option
 
         shown = getattr(param, "display_type", None)
         if shown is None or param.metavar is not None:
             continue
         usual = "" if getattr(param, "is_flag", False) else _usual_type(shown(context))
-        if isinstance(param, click.Option) or param.param_type_name == "option":
+        if param.param_type_name == "option":
             param.metavar = usual
         else:  # an argument's metavar would replace its name: replace only the type shown
             param.display_type_rich = lambda ctx, usual=usual: usual
