@@ -177,8 +177,11 @@ def test_a_sidecar_is_written_last_and_names_its_file(tmp_path):
     seen = []
     record = save_with_metadata(out, lambda tmp: seen.append(metadata_path(out).exists()) or tmp.write_bytes(b"new"),
                                 {"v": 2})
-    assert seen == [False]      # the old record was gone before the new file could appear
-    assert read_metadata(out) == record == {"v": 2, "sha256": hashlib.sha256(b"new").hexdigest()}
+    assert seen == [True]       # the old pair stays whole until the new file is complete...
+    assert read_metadata(out) == record == {"v": 2, "sha256": hashlib.sha256(b"new").hexdigest()}  # ...then swaps
+    with pytest.raises(MaedetError, match="cannot write"):
+        save_with_metadata(out, lambda tmp: (_ for _ in ()).throw(OSError(28, "No space left on device")), {"v": 3})
+    assert read_metadata(out) == record
     out.write_bytes(b"changed")
     assert read_metadata(out) is None
 

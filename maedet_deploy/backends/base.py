@@ -86,16 +86,17 @@ def check_distinct_output(model: str | os.PathLike, out: str | os.PathLike) -> N
 
 def save_with_metadata(out: str | os.PathLike, write: Callable[[Path], None], metadata: Mapping[str, Any]) -> dict:
     """Write a model or engine (`write(tmp_path)`) and its `<out>.json` record so that no reader
-    ever pairs the new file with the old record: the old record goes first, the file next, and
-    the record, holding the file's sha256, last. Returns the record."""
+    ever pairs the new file with the old record: once the new file is complete, the old record
+    goes, then the file takes its place, then the record, holding the file's sha256, is written.
+    A failed write leaves the old pair untouched. Returns the record."""
     sidecar = metadata_path(out)
-    try:
-        sidecar.unlink(missing_ok=True)
-    except OSError as exc:
-        raise MaedetError(f"cannot replace {sidecar}: {exc.strerror or exc}") from None
     with atomic_path(out) as tmp:
         write(tmp)
         digest = sha256_file(tmp)
+        try:
+            sidecar.unlink(missing_ok=True)
+        except OSError as exc:
+            raise MaedetError(f"cannot replace {sidecar}: {exc.strerror or exc}") from None
     record = {**metadata, "sha256": digest}
     write_text(sidecar, json.dumps(record, indent=2) + "\n")
     return record

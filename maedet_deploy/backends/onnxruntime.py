@@ -171,6 +171,8 @@ def optimize_model(model: str | os.PathLike, out: str | os.PathLike, graph_optim
     session must then optimize again to be fast."""
     if graph_optimization not in ("basic", "extended", "all"):
         raise MaedetError(f"offline graph optimization must be basic, extended or all, got {graph_optimization!r}")
+    if not Path(model).is_file():
+        raise MaedetError(f"model file not found: {model}")
     check_distinct_output(model, out)
     options = session_options(graph_optimization=graph_optimization)
     timing = {}
