@@ -46,6 +46,14 @@ def pipeline(
     latency_cache: LatencyCacheOption = None,
     threads: LatencyThreadsOption = None,
     quiet_wait: QuietWaitOption = 10.0,
+    verify_top: Annotated[int, typer.Option(help="Best candidates measured whole at the end of the search; the "
+                                                 "winner is the best-scoring one within the budget.")] = 3,
+    latency_check_every: Annotated[int, typer.Option(help="Search batches between guard checks (the best members "
+                                                          "measured whole, predictor corrected).")] = 40,
+    profile_networks: Annotated[int, typer.Option(help="Random networks whose blocks fit the latency predictor "
+                                                       "(as `profile --networks`).")] = 24,
+    profile_whole: Annotated[int, typer.Option(help="Mutation walks from the seed measured whole to fit the "
+                                                    "predictor's correction (as `profile --whole`).")] = 8,
 ) -> None:
     """From a latency budget to a benchmarked INT8 detector and a report, in one command.
 
@@ -67,7 +75,8 @@ def pipeline(
         backend=backend, scope=scope, layers=layers, iterations=iterations, population=population, seed=seed,
         init=init, baseline=baseline, num_classes=num_classes, images=images, method=method, num_images=num_images,
         holdout=holdout, bench_seconds=bench_seconds, latency_cache=latency_cache, threads=threads,
-        quiet_wait=quiet_wait)
+        quiet_wait=quiet_wait, verify_top=verify_top, latency_check_every=latency_check_every,
+        profile_networks=profile_networks, profile_whole=profile_whole)
     result = run_pipeline(settings, log=lambda line: console.print(f"[bold]stage[/] {line}", highlight=False),
                           search_runner=run_with_progress, reproduce=reproduce_commands)
     _print_result(result.summary, result.report)
@@ -93,9 +102,10 @@ def reproduce_commands(plan: "Plan", budget: "Budget") -> list[str]:
     """The pipeline command, then the same run as separate commands (stage by stage)."""
     settings, backend = plan.settings, plan.backend
     out, size = Path(settings.out), format_image_size(settings.size)
-    tuning = ("threads", "quiet_wait", "latency_cache")
+    tuning = ("threads", "quiet_wait", "latency_cache", "verify_top", "latency_check_every", "profile_networks",
+              "profile_whole")
     search_flags = (f" --layers {settings.layers}" if settings.layers else "") + _flags(
-        settings, ("iterations", "population", "seed", "init", "batch", "verify_top", *tuning))
+        settings, ("iterations", "population", "seed", "init", "batch", *tuning))
     export = f"--image-size {size} --num-classes {settings.num_classes} --batch {settings.batch}"
     given = f"--speedup {settings.speedup:g}" if budget.source == "speedup" else f"--latency-ms {budget.latency_ms:g}"
     return [

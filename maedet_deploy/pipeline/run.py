@@ -83,7 +83,7 @@ def _run_stages(plan: Plan, budget: Budget, out: Path, log: Log,
               settings.baseline_runner: export.path(exported.baseline)}
     stage("bench", {"export": export.digest, "calibrate": calib.digest, "backend": plan.backend,
                     "seconds": settings.bench_seconds, "batch": settings.batch, "threads": settings.threads,
-                    "rounds": steps.BENCH_ROUNDS},
+                    "rounds": steps.BENCH_ROUNDS, "warmup": steps.BENCH_WARMUP},
           lambda d: steps.bench(plan, models, d))
     return done
 
@@ -94,7 +94,7 @@ def _search_config(plan: Plan, budget: Budget) -> dict[str, Any]:
             "backend": plan.backend, "scope": settings.scope, "layers": settings.layers,
             "iterations": settings.iterations, "population": settings.population, "seed": settings.seed,
             "init": plan.digests["init"], "verify_top": settings.verify_top, "threads": settings.threads,
-            "profile": [settings.profile_networks, settings.profile_whole], "check_every": settings.check_every}
+            "profile": [settings.profile_networks, settings.profile_whole], "check_every": settings.latency_check_every}
 
 
 def _remove_partial_files(out: Path) -> None:

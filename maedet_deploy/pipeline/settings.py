@@ -24,7 +24,7 @@ _RANGES: dict[str, tuple[float | None, float | None]] = {
     "iterations": (1, None), "population": (1, None), "seed": (0, 2**63 - 1), "num_classes": (1, Limits().channels),
     "num_images": (1, None), "holdout": (0, None), "bench_seconds": (1e-3, 86_400), "verify_top": (1, None),
     "threads": (1, 4096), "quiet_wait": (0, 86_400), "profile_networks": (0, None), "profile_whole": (0, None),
-    "check_every": (1, None),
+    "latency_check_every": (1, None),
 }
 
 
@@ -58,7 +58,7 @@ class PipelineSettings:
     quiet_wait: float = 10.0
     profile_networks: int = 24
     profile_whole: int = 8
-    check_every: int = 40
+    latency_check_every: int = 40
 
     @property
     def size(self) -> tuple[int, int]:

@@ -16,6 +16,7 @@ from .settings import Plan, PipelineSettings
 from .stages import StageResult
 
 BENCH_ROUNDS = 6  # models take turns, so drifting machine speed hits them alike
+BENCH_WARMUP = 0.2  # seconds per model before its first round; never longer than the timed seconds
 PART_SEPARATOR = ": "  # bench rows are "<model>: network" and "<model>: end to end"
 
 
@@ -29,7 +30,7 @@ def search(plan: Plan, budget: Budget, directory: Path, runner: Callable) -> dic
 
     settings = plan.settings
     latency = LatencySettings(budget.latency_ms, latency_target(plan), settings.scope, settings.verify_top,
-                              settings.check_every, cache_path=settings.latency_cache,
+                              settings.latency_check_every, cache_path=settings.latency_cache,
                               plan_networks=settings.profile_networks, plan_whole=settings.profile_whole)
     job = SearchJob(directory, SearchSettings(image_size=settings.size, iterations=settings.iterations,
                                               population=settings.population, seed=settings.seed),
@@ -95,7 +96,7 @@ def bench(plan: Plan, models: dict[str, Path], directory: Path) -> dict[str, Any
             runners[f"{label}{PART_SEPARATOR}end to end"] = stack.enter_context(
                 open_runner(path, plan.backend, settings.threads))
         result = run_bench(runners, model=str(next(iter(models.values()))), rounds=BENCH_ROUNDS,
-                           duration=settings.bench_seconds)
+                           duration=settings.bench_seconds, warmup=min(BENCH_WARMUP, settings.bench_seconds))
     write_report(result, directory / "bench.json")
     write_report(result, directory / "bench.md")
     return result.to_dict()
