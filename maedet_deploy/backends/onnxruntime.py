@@ -159,8 +159,8 @@ def _optimized_here(model: str | os.PathLike | bytes) -> bool:
     built = {key: record.get(key) for key in here}
     if built != here:
         raise MaedetError(f"{model} was optimized by onnxruntime {built['onnxruntime_version']} on {built['cpu']}, "
-                          f"this is onnxruntime {here['onnxruntime_version']} on {here['cpu']}; rebuild it here: "
-                          f"maedet-deploy build {record.get('source_onnx', 'model.onnx')} --out {model}")
+                          f"this is onnxruntime {here['onnxruntime_version']} on {here['cpu']}; build it again here "
+                          f"from {record.get('source_onnx', 'its ONNX model')}")
     return record.get("graph_optimization") == "all"
 
 

@@ -127,12 +127,12 @@ def precision_plan(trt_version: str, graph: set[str], fp16: bool, int8: bool,
                                                 "Q/DQ graph")):
             if asked and kind not in graph:
                 raise MaedetError(f"TensorRT {trt_version} takes precision from the ONNX graph, and this graph has "
-                                  f"no {how} first, or drop --{kind}")
+                                  f"no {how} first, or leave {kind} off", kind)
         used, flags, strongly_typed = graph, (), has_strongly_typed
     else:
         if int8 and "int8" not in graph:
-            raise MaedetError("--int8 needs a Q/DQ graph (QuantizeLinear/DequantizeLinear pairs): calibrate it first; "
-                              "implicit INT8 calibration is not supported")
+            raise MaedetError("needs a Q/DQ graph (QuantizeLinear/DequantizeLinear pairs): calibrate it first; "
+                              "implicit INT8 calibration is not supported", "int8")
         used = graph | ({"fp16"} if fp16 else set())
         flags = tuple(flag for flag, kind in (("FP16", "fp16"), ("INT8", "int8")) if kind in used)
         strongly_typed = False
@@ -141,7 +141,7 @@ def precision_plan(trt_version: str, graph: set[str], fp16: bool, int8: bool,
 
 
 def optimization_profile(inputs: Sequence[TensorSpec], options: BuildOptions) -> dict[str, tuple[Shape, Shape, Shape]]:
-    """(min, opt, max) for every dynamic input. An input given only --opt-shapes is fixed at it."""
+    """(min, opt, max) for every dynamic input. An input given only an opt shape is fixed at it."""
     for shapes in (options.min_shapes, options.opt_shapes, options.max_shapes):
         check_names(inputs, shapes)
     profile = {}
@@ -152,8 +152,8 @@ def optimization_profile(inputs: Sequence[TensorSpec], options: BuildOptions) ->
             continue
         if given[1] is None or (given[0] is None) != (given[2] is None):
             raise MaedetError(f"input {spec.name!r} ({'x'.join(str(d) if is_static(d) else '?' for d in spec.shape)}) "
-                              "needs --opt-shapes, and --min-shapes with --max-shapes (or neither), "
-                              f"e.g. --min-shapes {spec.name}:1x3x320x320")
+                              "needs an opt shape, and min and max shapes together (or neither), "
+                              f"e.g. {spec.name}:1x3x320x320", "opt_shapes")
         low, opt, high = given[0] or given[1], given[1], given[2] or given[1]
         for shape in (low, opt, high):
             if len(shape) != len(spec.shape) or any(is_static(d) and d != s for d, s in zip(spec.shape, shape)):
@@ -171,7 +171,7 @@ def check_engine(metadata: Mapping, trt_version: str, gpu: Mapping[str, str] | N
     if metadata.get("format") != METADATA_FORMAT:
         raise MaedetError(f"{metadata_path(engine)} is not maedet engine metadata")
     source = metadata.get("source_onnx") or "the ONNX model"
-    rebuild = f"rebuild it here: maedet-deploy build {source} --backend tensorrt --out {engine}"
+    rebuild = f"build it again here from {source}"
     if metadata.get("tensorrt_version") != trt_version:
         raise MaedetError(f"{engine} was built with TensorRT {metadata.get('tensorrt_version')}, "
                           f"this is TensorRT {trt_version}; {rebuild}")
@@ -223,7 +223,7 @@ def create_config(trt, builder, options: BuildOptions, plan: PrecisionPlan,
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(options.workspace_mb) << 20)
     if options.opt_level is not None:
         if not hasattr(config, "builder_optimization_level"):
-            raise MaedetError(f"--opt-level needs TensorRT >= 8.6, this is {trt.__version__}")
+            raise MaedetError(f"needs TensorRT >= 8.6, this is {trt.__version__}", "opt_level")
         config.builder_optimization_level = int(options.opt_level)
     for flag in plan.flags:
         config.set_flag(getattr(trt.BuilderFlag, flag))

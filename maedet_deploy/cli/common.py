@@ -90,3 +90,12 @@ LatencyThreadsOption = Annotated[Optional[int], typer.Option(
 QuietWaitOption = Annotated[float, typer.Option(
     help="Extra seconds a batch of measurements spends on visits in which no other program takes CPU time, "
          "for the things still short of them (0: never wait).")]
+VerifyTopOption = Annotated[int, typer.Option(
+    help="Best candidates measured whole at the end of the search; the winner is the best-scoring one within the "
+         "budget.")]
+LatencyCheckEveryOption = Annotated[int, typer.Option(
+    help="Search batches between guard checks (the best members measured whole, predictor corrected).")]
+ProfileNetworksOption = Annotated[int, typer.Option(
+    help="Random networks whose blocks fit the latency predictor (as `profile --networks`).")]
+ProfileWholeOption = Annotated[int, typer.Option(
+    help="Mutation walks from the seed measured whole to fit the predictor's correction (as `profile --whole`).")]

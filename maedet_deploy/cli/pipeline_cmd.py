@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING, Annotated, Optional, Sequence
 import typer
 
 from ..errors import MaedetError
-from .common import (LatencyCacheOption, LatencyThreadsOption, QuietWaitOption, console, format_image_size,
+from .common import (LatencyCacheOption, LatencyCheckEveryOption, LatencyThreadsOption, ProfileNetworksOption,
+                     ProfileWholeOption, QuietWaitOption, VerifyTopOption, console, format_image_size,
                      parse_image_size)
 
 if TYPE_CHECKING:
@@ -46,14 +47,10 @@ def pipeline(
     latency_cache: LatencyCacheOption = None,
     threads: LatencyThreadsOption = None,
     quiet_wait: QuietWaitOption = 10.0,
-    verify_top: Annotated[int, typer.Option(help="Best candidates measured whole at the end of the search; the "
-                                                 "winner is the best-scoring one within the budget.")] = 3,
-    latency_check_every: Annotated[int, typer.Option(help="Search batches between guard checks (the best members "
-                                                          "measured whole, predictor corrected).")] = 40,
-    profile_networks: Annotated[int, typer.Option(help="Random networks whose blocks fit the latency predictor "
-                                                       "(as `profile --networks`).")] = 24,
-    profile_whole: Annotated[int, typer.Option(help="Mutation walks from the seed measured whole to fit the "
-                                                    "predictor's correction (as `profile --whole`).")] = 8,
+    verify_top: VerifyTopOption = 3,
+    latency_check_every: LatencyCheckEveryOption = 40,
+    profile_networks: ProfileNetworksOption = 24,
+    profile_whole: ProfileWholeOption = 8,
 ) -> None:
     """From a latency budget to a benchmarked INT8 detector and a report, in one command.
 
@@ -67,9 +64,7 @@ def pipeline(
     from ..pipeline import PipelineSettings, run_pipeline
     from .search_cmd import run_with_progress
 
-    if (latency_ms is None) == (speedup is None):
-        raise MaedetError(f"give either --latency-ms (a budget in ms) or --speedup (a budget relative to the "
-                          f"--baseline detector), not {'both' if latency_ms is not None else 'neither'}")
+    _check_budget(latency_ms, speedup)
     settings = PipelineSettings(
         latency_ms=latency_ms, speedup=speedup, out=out, image_size=parse_image_size(image_size), batch=batch,
         backend=backend, scope=scope, layers=layers, iterations=iterations, population=population, seed=seed,
@@ -80,6 +75,12 @@ def pipeline(
     result = run_pipeline(settings, log=lambda line: console.print(f"[bold]stage[/] {line}", highlight=False),
                           search_runner=run_with_progress, reproduce=reproduce_commands)
     _print_result(result.summary, result.report)
+
+
+def _check_budget(latency_ms: float | None, speedup: float | None) -> None:
+    if (latency_ms is None) == (speedup is None):
+        raise MaedetError(f"give either --latency-ms (a budget in ms) or --speedup (a budget relative to the "
+                          f"--baseline detector), not {'both' if latency_ms is not None else 'neither'}")
 
 
 def _print_result(summary: "PipelineSummary", report: Path) -> None:
