@@ -65,7 +65,8 @@ def test_precision_plan_per_tensorrt_version():
     # >= 10: strongly typed, no flags, the graph decides; asking for more than it holds is an error.
     plan = precision_plan("10.3.0", {"int8", "fp16"}, fp16=True, int8=True)
     assert plan.flags == () and plan.strongly_typed and plan.precision == "int8+fp16"
-    with pytest.raises(MaedetError, match="TensorRT 10.12.0 takes precision from the ONNX graph.*leave fp16 off") as info:
+    with pytest.raises(MaedetError, match="TensorRT 10.12.0 takes precision from the ONNX graph.*leave fp16 off") \
+            as info:
         precision_plan("10.12.0", set(), fp16=True, int8=False)
     assert info.value.for_cli().startswith("--fp16: ")
     with pytest.raises(MaedetError, match="QuantizeLinear/DequantizeLinear.*leave int8 off") as info:

@@ -50,9 +50,12 @@ def _conv_model(path: Path, dims: list) -> Path:
 def inputs(tmp_path_factory) -> Path:
     """Broken and valid inputs, made once; every case is checked not to write beside them."""
     root = tmp_path_factory.mktemp("inputs")
-    blocks = lambda *rest: json.dumps({"blocks": [STEM, *rest]})  # noqa: E731
-    super_block = lambda **changes: {"class": "SuperResK1KXK1", "in": 8, "out": 16, "s": 2, "k": 3, "L": 1,  # noqa: E731
-                                     "btn": 8, **changes}
+    def blocks(*rest: dict) -> str:
+        return json.dumps({"blocks": [STEM, *rest]})
+
+    def super_block(**changes) -> dict:
+        return {"class": "SuperResK1KXK1", "in": 8, "out": 16, "s": 2, "k": 3, "L": 1, "btn": 8, **changes}
+
     files = {
         "tiny.json": json.dumps({"blocks": TINY.to_dicts()}),
         "deep.json": "[" * 100_000 + "]" * 100_000,

@@ -44,7 +44,8 @@ def build(
 ) -> None:
     """Build a deployable model: an offline-optimized ONNX for ONNX Runtime, or a TensorRT engine.
 
-    The record OUT.json holds the output's sha256 and is written last; a TensorRT engine is loaded later only while it matches (engines are code).
+    The record OUT.json holds the output's sha256 and is written last; a TensorRT engine is
+    loaded later only while it matches (engines are code).
 
     Example:
 

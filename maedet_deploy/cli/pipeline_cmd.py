@@ -54,7 +54,10 @@ def pipeline(
 ) -> None:
     """From a latency budget to a benchmarked INT8 detector and a report, in one command.
 
-    Searches a backbone under the budget (measured here), exports the detector, calibrates it to INT8, benches FP32/INT8 against the ResNet-50 detector and writes report.md / report.html in --out. A finished stage is reused when the command runs again; one run at a time may use an output folder.
+    Searches a backbone under the budget (measured here), exports the detector, calibrates it to
+    INT8, benches FP32/INT8 against the ResNet-50 detector and writes report.md / report.html in
+    --out. A finished stage is reused when the command runs again; one run at a time may use an
+    output folder.
 
     Examples (each about 5 minutes on a 2-core CPU, a minute with a warm latency cache):
 

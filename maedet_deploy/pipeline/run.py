@@ -71,7 +71,7 @@ def _run_stages(plan: Plan, budget: Budget, out: Path, log: Log,
                    lambda d: steps.search(plan, budget, d, search_runner or run_search_job))
     export = stage("export", {"search": search.digest, "image_size": settings.size, "seed": settings.seed,
                               "num_classes": settings.num_classes, "baseline": plan.digests["baseline"],
-                              "batch": settings.batch},
+                              "baseline_name": settings.baseline_runner, "batch": settings.batch},
                    lambda d: steps.export(plan, search.directory, d))
     exported = steps.export_result(export)
     calib = stage("calibrate", {"export": export.digest, "images": plan.digests["images"], "method": settings.method,
@@ -81,9 +81,9 @@ def _run_stages(plan: Plan, budget: Budget, out: Path, log: Log,
     models = {"searched FP32": export.path(exported.detector),
               "searched INT8": calib.path(steps.calibration_result(calib).int8),
               settings.baseline_runner: export.path(exported.baseline)}
-    stage("bench", {"export": export.digest, "calibrate": calib.digest, "backend": plan.backend,
-                    "seconds": settings.bench_seconds, "batch": settings.batch, "threads": settings.threads,
-                    "rounds": steps.BENCH_ROUNDS, "warmup": steps.BENCH_WARMUP},
+    stage("bench", {"export": export.digest, "calibrate": calib.digest, "models": list(models),
+                    "backend": plan.backend, "seconds": settings.bench_seconds, "batch": settings.batch,
+                    "threads": settings.threads, "rounds": steps.BENCH_ROUNDS, "warmup": steps.BENCH_WARMUP},
           lambda d: steps.bench(plan, models, d))
     return done
 
