@@ -161,6 +161,8 @@ CASES = [
     ("pipeline-bench-seconds", ["pipeline", "--latency-ms", "5", "--bench-seconds", "0", "--out", "p"],
      "--bench-seconds"),
     ("pipeline-holdout", ["pipeline", "--latency-ms", "5", "--holdout", "100000", "--out", "p"], "--holdout"),
+    ("pipeline-cache-is-folder", ["pipeline", "--latency-ms", "5", "--latency-cache", "{in}/folder", "--out", "p"],
+     "--latency-cache"),
 ]
 # Cases the calib branch fixes (its files: calib/**, compare/**); they pass once it is merged.
 CALIB_BRANCH = {"compare-image-bomb", "calibrate-npz-objects", "calibrate-npz-corrupt",

@@ -86,6 +86,8 @@ class PipelineSettings:
             raise MaedetError(f"{self.images} is not a folder", "images")
         if Path(self.out).exists() and not Path(self.out).is_dir():
             raise MaedetError(f"{self.out} exists and is not a folder", "out")
+        if self.latency_cache is not None and Path(self.latency_cache).is_dir():
+            raise MaedetError(f"{self.latency_cache} is a folder; give the cache file's path", "latency_cache")
 
 
 @dataclass(frozen=True)
