@@ -12,7 +12,6 @@ from pathlib import Path
 from ..backends import resolve_backend
 from ..digest import sha256_file, sha256_json
 from ..errors import MaedetError
-from ..export import SCOPES
 from ..ranges import check_range
 from ..structure import ImageSize, Structure, as_hw
 from ..structure.limits import Limits, check_activations, check_input_size
@@ -80,8 +79,6 @@ class PipelineSettings:
         height, width = self.size
         if min(height, width) < 1:
             raise MaedetError(f"must be positive, got {height}x{width}", "image_size")
-        if self.scope not in SCOPES:
-            raise MaedetError(f"unknown scope {self.scope!r} (choose from {', '.join(SCOPES)})", "scope")
         if self.images is not None and not Path(self.images).is_dir():
             raise MaedetError(f"{self.images} is not a folder", "images")
         if Path(self.out).exists() and not Path(self.out).is_dir():
@@ -104,11 +101,15 @@ class Plan:
 
 
 def make_plan(settings: PipelineSettings) -> Plan:
-    """Check everything a later stage would trip on; raises MaedetError before anything is written."""
+    """Check everything a later stage would trip on; raises MaedetError before anything is written.
+    The settings' own checks come first: they need no heavy import."""
+    settings.check()
     from ..calib.data import list_images
     from ..calib.int8 import METHODS
+    from ..export import SCOPES
 
-    settings.check()
+    if settings.scope not in SCOPES:
+        raise MaedetError(f"unknown scope {settings.scope!r} (choose from {', '.join(SCOPES)})", "scope")
     backend = resolve_backend(settings.backend)
     if settings.method not in METHODS:
         raise MaedetError(f"unknown calibration method {settings.method!r} (choose from {', '.join(METHODS)})",
