@@ -8,12 +8,14 @@ from typing import TYPE_CHECKING, Annotated, Optional, Sequence
 import typer
 
 from ..errors import MaedetError
+from ..pipeline import PipelineSettings, run_pipeline
 from .common import (LatencyCacheOption, LatencyCheckEveryOption, LatencyThreadsOption, ProfileNetworksOption,
                      ProfileWholeOption, QuietWaitOption, VerifyTopOption, console, format_image_size,
                      parse_image_size)
+from .search_cmd import run_with_progress
 
 if TYPE_CHECKING:
-    from ..pipeline import Budget, PipelineSettings, PipelineSummary, Plan
+    from ..pipeline import Budget, PipelineSummary, Plan
 
 
 def pipeline(
@@ -54,19 +56,15 @@ def pipeline(
 ) -> None:
     """From a latency budget to a benchmarked INT8 detector and a report, in one command.
 
-    Searches a backbone under the budget (measured here), exports the detector, calibrates it to
-    INT8, benches FP32/INT8 against the ResNet-50 detector and writes report.md / report.html in
-    --out. A finished stage is reused when the command runs again; one run at a time may use an
-    output folder.
+    Searches a backbone under the budget (measured here), exports the detector, calibrates it to INT8,
+    benches FP32/INT8 against the ResNet-50 detector and writes report.md / report.html in --out.
+    Finished stages are reused when run again; one run at a time may use an output folder.
 
     Examples (each about 5 minutes on a 2-core CPU, a minute with a warm latency cache):
 
       maedet-deploy pipeline --speedup 1.5 --out runs/demo      # 1.5x faster than the ResNet-50 detector
       maedet-deploy pipeline --latency-ms 45 --image-size 256 --out runs/r45
     """
-    from ..pipeline import PipelineSettings, run_pipeline
-    from .search_cmd import run_with_progress
-
     _check_budget(latency_ms, speedup)
     settings = PipelineSettings(
         latency_ms=latency_ms, speedup=speedup, out=out, image_size=parse_image_size(image_size), batch=batch,
@@ -93,10 +91,8 @@ def _print_result(summary: "PipelineSummary", report: Path) -> None:
                   f"(budget {summary.budget.latency_ms:g} ms)\n{rows}\nreport: {report}", highlight=False)
 
 
-def _flags(settings: "PipelineSettings", names: Sequence[str]) -> str:
+def _flags(settings: PipelineSettings, names: Sequence[str]) -> str:
     """`--name value` for each of `names` whose setting differs from its default."""
-    from ..pipeline import PipelineSettings
-
     defaults = PipelineSettings(latency_ms=None, out=settings.out)
     return "".join(f" --{name.replace('_', '-')} {getattr(settings, name)}" for name in names
                    if getattr(settings, name) != getattr(defaults, name))
