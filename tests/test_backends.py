@@ -85,7 +85,7 @@ def test_offline_optimized_build_loads_without_reoptimizing_and_matches(tmp_path
     record = json.loads(metadata_path(out).read_text())
     record["cpu"] = "Some Other CPU"
     metadata_path(out).write_text(json.dumps(record))
-    with pytest.raises(MaedetError, match="optimized by onnxruntime .* on Some Other CPU.*rebuild it here"):
+    with pytest.raises(MaedetError, match="optimized by onnxruntime .* on Some Other CPU.*build it again here"):
         load_runner(out)
     with pytest.raises(MaedetError, match="must differ"):
         build_model(out, out)
@@ -121,8 +121,9 @@ def test_shape_specs_parse_and_resolve():
 
     dynamic = TensorSpec("x", ("N", 3, None, None), np.dtype(np.float32))
     assert resolve_shapes([dynamic], {"x": (1, 3, 32, 48)}, batch=4) == {"x": (4, 3, 32, 48)}
-    with pytest.raises(MaedetError, match=r"input 'x' dim 2 is dynamic.*--shape x:1x3x\?x\?"):
+    with pytest.raises(MaedetError, match=r"input 'x' dim 2 is dynamic.*e\.g\. x:1x3x\?x\?") as info:
         resolve_shapes([dynamic], batch=1)
+    assert info.value.for_cli().startswith("--shape: ")
     with pytest.raises(MaedetError, match="dim 1 is fixed at 3"):
         resolve_shapes([dynamic], {"x": (1, 4, 8, 8)})
     with pytest.raises(MaedetError, match="no input named 'y'"):
@@ -146,3 +147,24 @@ def test_fingerprint_is_recorded_and_its_id_is_stable():
         assert field in ID_FIELDS and fingerprint_id({**data, field: "changed"}) != key
     data["cpu"] = "mutated"
     assert device_fingerprint()["cpu"] != "mutated"                    # callers get a copy
+
+
+def test_resolve_backend_auto_picks_tensorrt_only_with_a_gpu(monkeypatch):
+    import importlib.machinery
+    import sys
+    import types
+
+    import torch
+
+    from maedet_deploy.backends import resolve_backend
+
+    assert [resolve_backend(name) for name in ("onnxruntime", "tensorrt")] == ["onnxruntime", "tensorrt"]
+    with pytest.raises(MaedetError, match="unknown backend 'openvino'") as info:
+        resolve_backend("openvino")
+    assert info.value.setting == "backend"
+    monkeypatch.setitem(sys.modules, "tensorrt", None)           # not installed
+    assert resolve_backend("auto") == "onnxruntime"
+    installed = types.ModuleType("tensorrt")
+    installed.__spec__ = importlib.machinery.ModuleSpec("tensorrt", None)
+    monkeypatch.setitem(sys.modules, "tensorrt", installed)      # installed: the GPU decides
+    assert resolve_backend("auto") == ("tensorrt" if torch.cuda.is_available() else "onnxruntime")

@@ -1,9 +1,11 @@
 """TensorRT: the pure-Python parts everywhere (precision plans, profiles, metadata checks, the
 missing-library error); building and running engines only where tensorrt and a CUDA GPU exist."""
 
+import hashlib
 import json
 import sys
 import types
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -12,11 +14,12 @@ from onnx import TensorProto, helper
 from cli_helpers import run_cli
 from test_backends import ppocr_det, scale_model
 
-from maedet_deploy.backends import load_runner, open_runner
-from maedet_deploy.backends.base import TensorSpec
+from maedet_deploy.backends import load_runner, metadata_path, open_runner
+from maedet_deploy.backends.base import TensorSpec, read_metadata, save_with_metadata
 from maedet_deploy.backends.onnx_file import graph_inputs
 from maedet_deploy.backends.tensorrt import (INSTALL_HINT, METADATA_FORMAT, BuildOptions, check_engine,
-                                             onnx_precisions, optimization_profile, precision_plan)
+                                             onnx_precisions, optimization_profile, precision_plan,
+                                             trusted_metadata)
 from maedet_deploy.errors import MaedetError
 
 GPU = {"gpu": "NVIDIA A100-SXM4-40GB", "compute_capability": "8.0"}
@@ -62,10 +65,13 @@ def test_precision_plan_per_tensorrt_version():
     # >= 10: strongly typed, no flags, the graph decides; asking for more than it holds is an error.
     plan = precision_plan("10.3.0", {"int8", "fp16"}, fp16=True, int8=True)
     assert plan.flags == () and plan.strongly_typed and plan.precision == "int8+fp16"
-    with pytest.raises(MaedetError, match="TensorRT 10.12.0 takes precision from the ONNX graph.*--fp16"):
+    with pytest.raises(MaedetError, match="TensorRT 10.12.0 takes precision from the ONNX graph.*leave fp16 off") \
+            as info:
         precision_plan("10.12.0", set(), fp16=True, int8=False)
-    with pytest.raises(MaedetError, match="QuantizeLinear/DequantizeLinear.*--int8"):
+    assert info.value.for_cli().startswith("--fp16: ")
+    with pytest.raises(MaedetError, match="QuantizeLinear/DequantizeLinear.*leave int8 off") as info:
         precision_plan("11.0.0", {"fp16"}, fp16=False, int8=True)
+    assert info.value.setting == "int8"
     assert precision_plan("11.0.0", set(), False, False, has_strongly_typed=False).strongly_typed is False
 
 
@@ -75,7 +81,7 @@ def test_optimization_profile_from_min_opt_max_shapes():
                            max_shapes={"x": (4, 3, 640, 640)})
     assert optimization_profile(inputs, options) == {"x": ((1, 3, 320, 320), (1, 3, 640, 640), (4, 3, 640, 640))}
     assert optimization_profile(inputs, BuildOptions(opt_shapes={"x": (1, 3, 64, 64)}))["x"] == ((1, 3, 64, 64),) * 3
-    with pytest.raises(MaedetError, match="input 'x' .*needs --opt-shapes"):
+    with pytest.raises(MaedetError, match="input 'x' .*needs an opt shape"):
         optimization_profile(inputs, BuildOptions())
     with pytest.raises(MaedetError, match="min <= opt <= max"):
         optimization_profile(inputs, BuildOptions(min_shapes={"x": (2, 3, 64, 64)}, opt_shapes={"x": (1, 3, 64, 64)},
@@ -88,8 +94,8 @@ def test_optimization_profile_from_min_opt_max_shapes():
 
 def test_engine_metadata_from_another_tensorrt_or_gpu_is_refused():
     check_engine(metadata(), "10.3.0", GPU, "det.engine")
-    with pytest.raises(MaedetError, match=r"built with TensorRT 8\.6\.1, this is TensorRT 10\.3\.0; rebuild it here: "
-                                          r"maedet-deploy build det\.onnx --backend tensorrt --out det\.engine"):
+    with pytest.raises(MaedetError, match=r"built with TensorRT 8\.6\.1, this is TensorRT 10\.3\.0; build it again "
+                                          r"here from det\.onnx"):
         check_engine(metadata(tensorrt_version="8.6.1"), "10.3.0", GPU, "det.engine")
     with pytest.raises(MaedetError, match=r"built for NVIDIA A100-SXM4-40GB \(sm 8\.0\), this GPU is Orin \(sm 8\.7\)"):
         check_engine(metadata(), "10.3.0", {"gpu": "Orin", "compute_capability": "8.7"}, "det.engine")
@@ -124,13 +130,63 @@ def test_onnx_for_tensorrt_is_checked_before_building(fake_tensorrt, tmp_path):
         open_runner(scale_model(tmp_path / "s.onnx"), backend="tensorrt")
 
 
-def test_cli_refuses_an_engine_from_another_tensorrt_version(fake_tensorrt, monkeypatch, capsys, tmp_path):
-    engine = tmp_path / "det.engine"
+def fake_engine(folder: Path, **record) -> Path:
+    """An engine file with a record as `build` writes it: its sha256 included."""
+    engine = folder / "det.engine"
     engine.write_bytes(b"\0" * 16)
-    (tmp_path / "det.engine.json").write_text(json.dumps(metadata(tensorrt_version="8.6.1")))
+    (folder / "det.engine.json").write_text(json.dumps({**metadata(**record), "sha256": hashlib.sha256(
+        engine.read_bytes()).hexdigest()}))
+    return engine
+
+
+def test_cli_refuses_an_engine_from_another_tensorrt_version(fake_tensorrt, monkeypatch, capsys, tmp_path):
+    engine = fake_engine(tmp_path, tensorrt_version="8.6.1")
     code, out, err = run_cli(monkeypatch, capsys, "bench", engine, "--backend", "tensorrt")
     assert code == 2 and "built with TensorRT 8.6.1, this is TensorRT 10.3.0" in err
-    assert len(err.strip().splitlines()) <= 2  # one message (rich may wrap it)
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_engines_load_only_with_a_matching_record_or_explicit_trust(monkeypatch, capsys, tmp_path):
+    """Engines are code: the check runs before TensorRT is even imported, so it holds everywhere."""
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    engine = fake_engine(tmp_path)
+    assert trusted_metadata(engine)["sha256"] == hashlib.sha256(engine.read_bytes()).hexdigest()
+    engine.write_bytes(b"\1" * 16)                          # replaced after it was built
+    with pytest.raises(MaedetError, match="does not match it") as info:
+        trusted_metadata(engine)
+    assert info.value.setting == "trust_engine"
+    assert trusted_metadata(engine, trust=True) is None     # trusted: loaded without the record's checks
+    metadata_path(engine).unlink()
+    code, _, err = run_cli(monkeypatch, capsys, "bench", engine, "--backend", "tensorrt")
+    assert code == 2 and err.count("\n") == 1 and "--trust-engine" in err and "is missing" in err
+    code, _, err = run_cli(monkeypatch, capsys, "bench", engine, "--backend", "tensorrt", "--trust-engine")
+    assert code == 2 and err == f"error: {INSTALL_HINT}\n"   # past the trust check, on to TensorRT itself
+    with pytest.raises(MaedetError, match="is an ONNX model, not an engine"):
+        trusted_metadata(scale_model(tmp_path / "s.onnx"))
+
+
+def test_tensorrt_build_refuses_to_overwrite_its_input(monkeypatch, capsys, tmp_path):
+    model = scale_model(tmp_path / "s.onnx")
+    for out in (model, tmp_path / "s.engine.onnx"):
+        code, _, err = run_cli(monkeypatch, capsys, "build", model, "--backend", "tensorrt", "--out", out)
+        assert code == 2 and err.startswith("error: --out: ") and err.count("\n") == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.onnx"]
+
+
+def test_a_sidecar_is_written_last_and_names_its_file(tmp_path):
+    out = tmp_path / "m.bin"
+    out.write_bytes(b"old")
+    metadata_path(out).write_text(json.dumps({"sha256": hashlib.sha256(b"old").hexdigest(), "v": 1}))
+    seen = []
+    record = save_with_metadata(out, lambda tmp: seen.append(metadata_path(out).exists()) or tmp.write_bytes(b"new"),
+                                {"v": 2})
+    assert seen == [True]       # the old pair stays whole until the new file is complete...
+    assert read_metadata(out) == record == {"v": 2, "sha256": hashlib.sha256(b"new").hexdigest()}  # ...then swaps
+    with pytest.raises(MaedetError, match="cannot write"):
+        save_with_metadata(out, lambda tmp: (_ for _ in ()).throw(OSError(28, "No space left on device")), {"v": 3})
+    assert read_metadata(out) == record
+    out.write_bytes(b"changed")
+    assert read_metadata(out) is None
 
 
 @pytest.mark.tensorrt

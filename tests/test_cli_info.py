@@ -38,3 +38,27 @@ def test_not_json_at_all_is_exit_2(tmp_path):
 def test_alpha_mismatch_is_exit_2():
     result = cli("info", "maedet-s", "--alpha", "1,1")
     assert result.returncode == 2 and "alpha has 2" in result.stderr
+
+
+def test_help_text_is_wrapped_by_the_terminal_and_shows_the_usual_types(monkeypatch, capsys):
+    """A docstring's paragraph is one line for the terminal to wrap (a hard-wrapped one breaks
+    mid-sentence); indented example lines keep their lines; value types read TEXT/INTEGER/FLOAT/PATH
+    and on/off flags show none."""
+    from cli_helpers import run_cli
+    from maedet_deploy.cli.common import command_help
+    from maedet_deploy.cli.pipeline_cmd import pipeline
+    from maedet_deploy.cli.search_cmd import search
+
+    for command in (search, pipeline):
+        for paragraph in command_help(command).split("\n\n"):
+            lines = paragraph.splitlines()
+            assert len(lines) == 1 or all(line.startswith("  ") for line in lines), paragraph
+    assert "\n  maedet-deploy pipeline --latency-ms 45" in command_help(pipeline)
+    for name in ("info", "zoo", "search", "profile", "export", "build", "bench", "compare", "calibrate", "pipeline"):
+        code, out, _ = run_cli(monkeypatch, capsys, name, "--help")
+        assert code == 0 and "Usage" in out
+        assert not any(tag in out for tag in ("<str>", "<int>", "<float>", "<bool>", "<path>", "<list")), name
+    _, out, _ = run_cli(monkeypatch, capsys, "export", "--help")
+    row = next(line for line in out.splitlines() if "--dynamic-batch" in line)
+    assert "INTEGER" in next(line for line in out.splitlines() if "--num-classes" in line)
+    assert not any(kind in row for kind in ("TEXT", "INTEGER", "FLOAT", "PATH", "BOOL"))

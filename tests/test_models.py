@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 from maedet_deploy.errors import MaedetError
 from maedet_deploy.models import (Backbone, ConvBN, ResidualUnit, create_backbone, create_detector,
-                                  fold_batchnorm, from_structure)
+                                  fold_batchnorm)
 from maedet_deploy.structure import K1DWK1, K1KXK1, KXKX, STEM, Block, Structure, compute_cost, stage_ends
 from maedet_deploy.zoo import get_structure
 
@@ -37,7 +37,7 @@ def test_analytic_params_equal_module_params(kind):
     @given(structures(kind))
     def check(structure):
         stages = len(stage_ends(structure))
-        backbone = from_structure(structure, out_indices=range(stages))
+        backbone = Backbone(structure, out_indices=range(stages))
         assert n_params(backbone) == compute_cost(structure).params
 
     check()
@@ -65,7 +65,7 @@ def _mixed_structure() -> Structure:
 @pytest.mark.parametrize("structure", [get_structure("maedet-seed"), _mixed_structure()], ids=["seed", "mixed"])
 def test_features_at_odd_size_match_cost_model(structure):
     cost = compute_cost(structure, (97, 130))
-    backbone = from_structure(structure, out_indices=range(len(cost.stages))).eval()
+    backbone = Backbone(structure, out_indices=range(len(cost.stages))).eval()
     with torch.no_grad():
         features = backbone(torch.randn(1, 3, 97, 130))
     assert [tuple(f.shape[1:]) for f in features] == [(s.channels, s.height, s.width) for s in cost.stages]

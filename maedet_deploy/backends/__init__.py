@@ -2,16 +2,29 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 from typing import Mapping, Sequence
 
 from ..errors import MaedetError
-from .base import Runner, TensorSpec, metadata_path
+from .base import Runner, TensorSpec, check_distinct_output, metadata_path
 from .fingerprint import device_fingerprint, fingerprint_id
 from .shapes import Shape, parse_batches, parse_shapes, profile_shapes, resolve_shapes
 
 BACKENDS = ("onnxruntime", "tensorrt")
+
+
+def resolve_backend(name: str) -> str:
+    """'auto': TensorRT when it and a CUDA GPU are present, else ONNX Runtime; other names as given."""
+    if name != "auto":
+        if name not in BACKENDS:
+            raise MaedetError(f"unknown backend {name!r} (choose from auto, {', '.join(BACKENDS)})", "backend")
+        return name
+    if importlib.util.find_spec("tensorrt") is None:
+        return "onnxruntime"
+    import torch
+    return "tensorrt" if torch.cuda.is_available() else "onnxruntime"
 
 
 def load_runner(model: str | os.PathLike | bytes, backend: str = "onnxruntime", **options) -> Runner:
@@ -26,9 +39,11 @@ def load_runner(model: str | os.PathLike | bytes, backend: str = "onnxruntime", 
 
 
 def open_runner(model: str | os.PathLike, backend: str = "onnxruntime", threads: int | None = None,
-                shapes: Mapping[str, Shape] | None = None, batches: Sequence[int | None] = (None,)) -> Runner:
+                shapes: Mapping[str, Shape] | None = None, batches: Sequence[int | None] = (None,),
+                trust_engine: bool = False) -> Runner:
     """`load_runner` from the options every command shares: CPU threads for onnxruntime; for an
-    ONNX model on tensorrt, an optimization profile that covers the shapes and batch sweep."""
+    ONNX model on tensorrt, an optimization profile that covers the shapes and batch sweep; for
+    an engine, whether to load it without a matching record (engines are code)."""
     if backend == "tensorrt" and Path(model).suffix.lower() == ".onnx":
         from .onnx_file import graph_inputs, load_model
         from .tensorrt import import_tensorrt
@@ -39,7 +54,7 @@ def open_runner(model: str | os.PathLike, backend: str = "onnxruntime", threads:
         return load_runner(model, backend, min_shapes=low, opt_shapes=opt, max_shapes=high)
     if backend == "onnxruntime":
         return load_runner(model, backend, intra_threads=threads)
-    return load_runner(model, backend)
+    return load_runner(model, backend, trust_engine=trust_engine)
 
 
 def build_model(model: str | os.PathLike, out: str | os.PathLike, backend: str = "onnxruntime", **options) -> dict:
@@ -50,11 +65,13 @@ def build_model(model: str | os.PathLike, out: str | os.PathLike, backend: str =
         return optimize_model(model, out, **options)
     if backend == "tensorrt":
         from .tensorrt import BuildOptions, build_engine, save_engine
+        check_distinct_output(model, out)
+        if Path(out).suffix.lower() == ".onnx":
+            raise MaedetError("an engine must not end in .onnx: it would be read back as an ONNX model", "out")
         engine, metadata = build_engine(model, BuildOptions(**options))
-        save_engine(engine, metadata, out)
-        return {**metadata, "out": str(out), "bytes_engine": len(engine)}
+        return {**save_engine(engine, metadata, out), "out": str(out), "bytes_engine": len(engine)}
     raise MaedetError(f"unknown backend {backend!r} (choose from {', '.join(BACKENDS)})")
 
 
 __all__ = ["BACKENDS", "Runner", "TensorSpec", "build_model", "device_fingerprint", "fingerprint_id", "load_runner",
-           "metadata_path", "open_runner", "parse_batches", "parse_shapes", "resolve_shapes"]
+           "metadata_path", "open_runner", "parse_batches", "parse_shapes", "resolve_backend", "resolve_shapes"]

@@ -9,12 +9,17 @@ releases the model on every path, as Polygraphy's runners do.
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Protocol, runtime_checkable
+from typing import Any, Callable, Mapping, Protocol, runtime_checkable
 
 import numpy as np
+
+from ..atomic import atomic_path, write_text
+from ..digest import sha256_file
+from ..errors import MaedetError
 
 Dim = int | str | None
 
@@ -69,3 +74,44 @@ class RunnerLifecycle:
 def metadata_path(model: str | os.PathLike) -> Path:
     """Where `build` records how a model or engine was built: `<file>.json` beside it."""
     return Path(f"{model}.json")
+
+
+def check_distinct_output(model: str | os.PathLike, out: str | os.PathLike) -> None:
+    """A build must not overwrite its own input (nor its input's record)."""
+    source, target = Path(model), Path(out)
+    if target.resolve() in (source.resolve(), metadata_path(source).resolve()) or \
+            (target.exists() and source.exists() and os.path.samefile(source, target)):
+        raise MaedetError("must differ from the input model", "out")
+
+
+def save_with_metadata(out: str | os.PathLike, write: Callable[[Path], None], metadata: Mapping[str, Any]) -> dict:
+    """Write a model or engine (`write(tmp_path)`) and its `<out>.json` record so that no reader
+    ever pairs the new file with the old record: once the new file is complete, the old record
+    goes, then the file takes its place, then the record, holding the file's sha256, is written.
+    A failed write leaves the old pair untouched. Returns the record."""
+    sidecar = metadata_path(out)
+    with atomic_path(out) as tmp:
+        write(tmp)
+        digest = sha256_file(tmp)
+        try:
+            sidecar.unlink(missing_ok=True)
+        except OSError as exc:
+            raise MaedetError(f"cannot replace {sidecar}: {exc.strerror or exc}") from None
+    record = {**metadata, "sha256": digest}
+    write_text(sidecar, json.dumps(record, indent=2) + "\n")
+    return record
+
+
+def read_metadata(model: str | os.PathLike) -> dict | None:
+    """The `<model>.json` record when it describes this very file (its sha256 matches); None when
+    there is none or it describes another file (a model replaced after it was built)."""
+    sidecar = metadata_path(model)
+    if not sidecar.is_file():
+        return None
+    try:
+        record = json.loads(sidecar.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise MaedetError(f"cannot read {sidecar}: {exc}") from None
+    if not isinstance(record, dict) or record.get("sha256") != sha256_file(model):
+        return None
+    return record

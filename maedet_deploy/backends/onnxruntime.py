@@ -16,8 +16,6 @@ the 'all' level bakes in this CPU's vector layout.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import time
 from pathlib import Path
@@ -25,9 +23,9 @@ from typing import Mapping
 
 import numpy as np
 
-from ..atomic import atomic_path, write_text
+from ..digest import sha256_file
 from ..errors import MaedetError, first_line
-from .base import RunnerLifecycle, TensorSpec, metadata_path
+from .base import RunnerLifecycle, TensorSpec, check_distinct_output, read_metadata, save_with_metadata
 from .fingerprint import device_fingerprint, usable_cores
 
 METADATA_FORMAT = "maedet-ort-optimized/1"
@@ -132,7 +130,11 @@ class OnnxRuntimeRunner(RunnerLifecycle):
         return self._outputs
 
     def infer(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return dict(zip(self._names, self.session.run(self._names, feed if isinstance(feed, dict) else dict(feed))))
+        try:
+            outputs = self.session.run(self._names, feed if isinstance(feed, dict) else dict(feed))
+        except Exception as exc:  # onnxruntime's Fail/InvalidArgument/RuntimeException: bad input, out of memory
+            raise MaedetError(f"onnxruntime cannot run the model: {first_line(exc)}") from None
+        return dict(zip(self._names, outputs))
 
     def close(self) -> None:
         self.session = None
@@ -145,21 +147,20 @@ def _identity() -> dict:
 
 
 def _optimized_here(model: str | os.PathLike | bytes) -> bool:
-    """True for a file `optimize_model` wrote on this kind of machine; a MaedetError for another kind."""
-    if isinstance(model, bytes) or not metadata_path(model).is_file():
+    """True for a file `optimize_model` wrote on this kind of machine; a MaedetError for another kind.
+    A record that does not match the file's hash describes some other file: the model is then
+    treated as any ONNX file (optimized again when loaded)."""
+    if isinstance(model, bytes) or not Path(model).is_file():
         return False
-    try:
-        record = json.loads(metadata_path(model).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise MaedetError(f"cannot read {metadata_path(model)}: {exc}") from None
-    if record.get("format") != METADATA_FORMAT:
+    record = read_metadata(model)
+    if record is None or record.get("format") != METADATA_FORMAT:
         return False
     here = _identity()
     built = {key: record.get(key) for key in here}
     if built != here:
         raise MaedetError(f"{model} was optimized by onnxruntime {built['onnxruntime_version']} on {built['cpu']}, "
-                          f"this is onnxruntime {here['onnxruntime_version']} on {here['cpu']}; rebuild it here: "
-                          f"maedet-deploy build {record.get('source_onnx', 'model.onnx')} --out {model}")
+                          f"this is onnxruntime {here['onnxruntime_version']} on {here['cpu']}; build it again here "
+                          f"from {record.get('source_onnx', 'its ONNX model')}")
     return record.get("graph_optimization") == "all"
 
 
@@ -170,19 +171,22 @@ def optimize_model(model: str | os.PathLike, out: str | os.PathLike, graph_optim
     session must then optimize again to be fast."""
     if graph_optimization not in ("basic", "extended", "all"):
         raise MaedetError(f"offline graph optimization must be basic, extended or all, got {graph_optimization!r}")
-    if Path(model).resolve() == Path(out).resolve():
-        raise MaedetError("--out must differ from the input model")
+    if not Path(model).is_file():
+        raise MaedetError(f"model file not found: {model}")
+    check_distinct_output(model, out)
     options = session_options(graph_optimization=graph_optimization)
-    with atomic_path(out) as tmp:
+    timing = {}
+
+    def write(tmp: Path) -> None:
         options.optimized_model_filepath = str(tmp)
         start = time.perf_counter()
         _session(model, options, ["CPUExecutionProvider"])
-        seconds = time.perf_counter() - start
-    record = {"format": METADATA_FORMAT, **_identity(), "graph_optimization": graph_optimization,
-              "source_onnx": str(model), "source_sha256": hashlib.sha256(Path(model).read_bytes()).hexdigest()}
-    write_text(metadata_path(out), json.dumps(record, indent=2) + "\n")
+        timing["optimize_seconds"] = round(time.perf_counter() - start, 4)
+
+    record = save_with_metadata(out, write, {"format": METADATA_FORMAT, **_identity(),
+                                             "graph_optimization": graph_optimization, "source_onnx": str(model),
+                                             "source_sha256": sha256_file(model)})
     start = time.perf_counter()
     OnnxRuntimeRunner(out).close()
-    return {**record, "out": str(out), "optimize_seconds": round(seconds, 4),
-            "load_seconds_optimized": round(time.perf_counter() - start, 4),
+    return {**record, "out": str(out), **timing, "load_seconds_optimized": round(time.perf_counter() - start, 4),
             "bytes_source": Path(model).stat().st_size, "bytes_optimized": Path(out).stat().st_size}

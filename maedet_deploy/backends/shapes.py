@@ -76,7 +76,7 @@ def resolve_shape(spec: TensorSpec, shape: Sequence[int] | None = None, batch: i
         if not is_static(dim):
             label = f" ({dim!r})" if isinstance(dim, str) else ""
             raise MaedetError(f"input {spec.name!r} dim {index}{label} is dynamic: give its shape, "
-                              f"e.g. --shape {spec.name}:{_fmt(dims)} with each ? replaced by a size")
+                              f"e.g. {spec.name}:{_fmt(dims)} with each ? replaced by a size", "shape")
     return tuple(int(d) for d in dims)
 
 

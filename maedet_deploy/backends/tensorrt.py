@@ -16,8 +16,6 @@ and gone in 11. CUDA buffers come from torch, so there is no pycuda dependency.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -26,9 +24,10 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from ..atomic import write_bytes, write_text
+from ..atomic import write_bytes
+from ..digest import sha256_file
 from ..errors import MaedetError
-from .base import RunnerLifecycle, TensorSpec, metadata_path
+from .base import RunnerLifecycle, TensorSpec, metadata_path, read_metadata, save_with_metadata
 from .shapes import Shape, check_names, is_static
 
 METADATA_FORMAT = "maedet-engine/1"
@@ -128,12 +127,12 @@ def precision_plan(trt_version: str, graph: set[str], fp16: bool, int8: bool,
                                                 "Q/DQ graph")):
             if asked and kind not in graph:
                 raise MaedetError(f"TensorRT {trt_version} takes precision from the ONNX graph, and this graph has "
-                                  f"no {how} first, or drop --{kind}")
+                                  f"no {how} first, or leave {kind} off", kind)
         used, flags, strongly_typed = graph, (), has_strongly_typed
     else:
         if int8 and "int8" not in graph:
-            raise MaedetError("--int8 needs a Q/DQ graph (QuantizeLinear/DequantizeLinear pairs): calibrate it first; "
-                              "implicit INT8 calibration is not supported")
+            raise MaedetError("needs a Q/DQ graph (QuantizeLinear/DequantizeLinear pairs): calibrate it first; "
+                              "implicit INT8 calibration is not supported", "int8")
         used = graph | ({"fp16"} if fp16 else set())
         flags = tuple(flag for flag, kind in (("FP16", "fp16"), ("INT8", "int8")) if kind in used)
         strongly_typed = False
@@ -142,7 +141,7 @@ def precision_plan(trt_version: str, graph: set[str], fp16: bool, int8: bool,
 
 
 def optimization_profile(inputs: Sequence[TensorSpec], options: BuildOptions) -> dict[str, tuple[Shape, Shape, Shape]]:
-    """(min, opt, max) for every dynamic input. An input given only --opt-shapes is fixed at it."""
+    """(min, opt, max) for every dynamic input. An input given only an opt shape is fixed at it."""
     for shapes in (options.min_shapes, options.opt_shapes, options.max_shapes):
         check_names(inputs, shapes)
     profile = {}
@@ -153,8 +152,8 @@ def optimization_profile(inputs: Sequence[TensorSpec], options: BuildOptions) ->
             continue
         if given[1] is None or (given[0] is None) != (given[2] is None):
             raise MaedetError(f"input {spec.name!r} ({'x'.join(str(d) if is_static(d) else '?' for d in spec.shape)}) "
-                              "needs --opt-shapes, and --min-shapes with --max-shapes (or neither), "
-                              f"e.g. --min-shapes {spec.name}:1x3x320x320")
+                              "needs an opt shape, and min and max shapes together (or neither), "
+                              f"e.g. {spec.name}:1x3x320x320", "opt_shapes")
         low, opt, high = given[0] or given[1], given[1], given[2] or given[1]
         for shape in (low, opt, high):
             if len(shape) != len(spec.shape) or any(is_static(d) and d != s for d, s in zip(spec.shape, shape)):
@@ -172,7 +171,7 @@ def check_engine(metadata: Mapping, trt_version: str, gpu: Mapping[str, str] | N
     if metadata.get("format") != METADATA_FORMAT:
         raise MaedetError(f"{metadata_path(engine)} is not maedet engine metadata")
     source = metadata.get("source_onnx") or "the ONNX model"
-    rebuild = f"rebuild it here: maedet-deploy build {source} --backend tensorrt --out {engine}"
+    rebuild = f"build it again here from {source}"
     if metadata.get("tensorrt_version") != trt_version:
         raise MaedetError(f"{engine} was built with TensorRT {metadata.get('tensorrt_version')}, "
                           f"this is TensorRT {trt_version}; {rebuild}")
@@ -182,12 +181,21 @@ def check_engine(metadata: Mapping, trt_version: str, gpu: Mapping[str, str] | N
                           f"this GPU is {gpu['gpu']} (sm {gpu['compute_capability']}); {rebuild}")
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+def trusted_metadata(path: Path, trust: bool = False) -> dict | None:
+    """Engines are code: TensorRT deserializes them into kernels and plugins that run with the
+    process's rights. An engine is loaded only when its `<engine>.json` record (written by `build`)
+    holds its sha256, or when the user says they trust the file (`trust`); returns the record, or
+    None for a trusted engine without one."""
+    if path.suffix.lower() == ".onnx":
+        raise MaedetError(f"{path} is an ONNX model, not an engine")
+    record = read_metadata(path)
+    if record is None and not trust:
+        sidecar = metadata_path(path)
+        why = "does not match it (the engine changed after it was built)" if sidecar.is_file() else "is missing"
+        raise MaedetError(f"{path} is loaded as a TensorRT engine, which is code, and its record {sidecar} "
+                          f"(written by build, holding the engine's sha256) {why}; rebuild it here, or trust "
+                          "this file explicitly", "trust_engine")
+    return record
 
 
 # ---- TensorRT: build -----------------------------------------------------------------------------
@@ -215,7 +223,7 @@ def create_config(trt, builder, options: BuildOptions, plan: PrecisionPlan,
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(options.workspace_mb) << 20)
     if options.opt_level is not None:
         if not hasattr(config, "builder_optimization_level"):
-            raise MaedetError(f"--opt-level needs TensorRT >= 8.6, this is {trt.__version__}")
+            raise MaedetError(f"needs TensorRT >= 8.6, this is {trt.__version__}", "opt_level")
         config.builder_optimization_level = int(options.opt_level)
     for flag in plan.flags:
         config.set_flag(getattr(trt.BuilderFlag, flag))
@@ -263,31 +271,27 @@ def build_engine(onnx_path: str | os.PathLike, options: BuildOptions = BuildOpti
         "workspace_mb": options.workspace_mb,
         "opt_level": options.opt_level,
         "source_onnx": str(path),
-        "source_sha256": _sha256(path),
+        "source_sha256": sha256_file(path),
         "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     return memoryview(serialized).tobytes(), metadata
 
 
-def save_engine(engine: bytes, metadata: Mapping, out: str | os.PathLike) -> None:
-    """The engine and `<engine>.json` beside it, each written atomically."""
-    write_bytes(out, engine)
-    write_text(metadata_path(out), json.dumps(metadata, indent=2) + "\n")
+def save_engine(engine: bytes, metadata: Mapping, out: str | os.PathLike) -> dict:
+    """The engine, then `<engine>.json` beside it holding the engine's sha256 (see
+    `save_with_metadata`); returns that record."""
+    return save_with_metadata(out, lambda tmp: tmp.write_bytes(engine), metadata)
 
 
-def load_engine(path: str | os.PathLike) -> tuple[bytes, dict | None]:
-    """Engine bytes and metadata, refused early when built by another TensorRT or for another GPU."""
-    trt = import_tensorrt()
+def load_engine(path: str | os.PathLike, trust: bool = False) -> tuple[bytes, dict | None]:
+    """Engine bytes and metadata: only an engine whose record matches it, or one trusted explicitly
+    (see `trusted_metadata`); refused early when built by another TensorRT or for another GPU."""
     path = Path(path)
     if not path.is_file():
         raise MaedetError(f"engine file not found: {path}")
-    metadata = None
-    meta_file = metadata_path(path)
-    if meta_file.is_file():
-        try:
-            metadata = json.loads(meta_file.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise MaedetError(f"cannot read {meta_file}: {exc}") from None
+    metadata = trusted_metadata(path, trust)
+    trt = import_tensorrt()
+    if metadata is not None:
         check_engine(metadata, trt.__version__, None, path)  # the version first: it needs no GPU to tell
         check_engine(metadata, trt.__version__, gpu_identity(cuda_torch()), path)
     return path.read_bytes(), metadata
@@ -306,16 +310,18 @@ class TensorRTRunner(RunnerLifecycle):
     def __init__(self, model: str | os.PathLike, fp16: bool = False, int8: bool = False,
                  min_shapes: Mapping[str, Shape] | None = None, opt_shapes: Mapping[str, Shape] | None = None,
                  max_shapes: Mapping[str, Shape] | None = None, workspace_mb: int | None = None,
-                 timing_cache: str | None = None, opt_level: int | None = None) -> None:
+                 timing_cache: str | None = None, opt_level: int | None = None, trust_engine: bool = False) -> None:
+        """An ONNX file (`.onnx`) is built in memory; any other file is an engine, loaded only when
+        its record matches it or `trust_engine` is set (see `trusted_metadata`)."""
         if isinstance(model, bytes):
             raise MaedetError("the TensorRT runner takes a file path (.onnx or an engine), not bytes")
-        trt = import_tensorrt()
         if Path(model).suffix.lower() == ".onnx":
             options = BuildOptions(fp16, int8, min_shapes or {}, opt_shapes or {}, max_shapes or {},
                                    workspace_mb, timing_cache, opt_level)
             engine_bytes, self.metadata = build_engine(model, options)
         else:
-            engine_bytes, self.metadata = load_engine(model)
+            engine_bytes, self.metadata = load_engine(model, trust_engine)
+        trt = import_tensorrt()
         torch = cuda_torch()
         self._torch = torch
         self._runtime = trt.Runtime(_logger(trt))

@@ -16,7 +16,7 @@ def eager_detector(structure: str, inputs: Sequence[TensorSpec], num_classes: in
     from ..models import create_detector
 
     if len(inputs) != 1 or len(inputs[0].shape) != 4:
-        raise MaedetError("--torch-baseline needs a model with one NCHW image input")
+        raise MaedetError("needs a model with one NCHW image input", "torch_baseline")
     height, width = (d if isinstance(d, int) and d > 0 else 640 for d in inputs[0].shape[2:])
     module = create_detector(structure, num_classes=num_classes, image_size=(height, width))
     return TorchRunner(module, inputs, ("boxes", "scores"), threads=threads)

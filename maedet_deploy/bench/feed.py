@@ -7,12 +7,14 @@ two runners (or two runs) see the same data.
 
 from __future__ import annotations
 
+import math
 from typing import Mapping, Sequence
 
 import numpy as np
 
 from ..backends.base import TensorSpec
 from ..backends.shapes import resolve_shapes
+from ..memory import check_memory
 
 
 def make_feed(inputs: Sequence[TensorSpec], shapes: Mapping[str, Sequence[int]] | None = None,
@@ -20,6 +22,9 @@ def make_feed(inputs: Sequence[TensorSpec], shapes: Mapping[str, Sequence[int]] 
     """One array per input. Dynamic dims come from `shapes` ({'x': (1, 3, 640, 640)}); `batch`
     sets the leading dim when it is dynamic. Unresolved dims raise MaedetError naming the input and dim."""
     resolved = resolve_shapes(inputs, shapes, batch)
+    nbytes = sum(math.prod(resolved[spec.name]) * spec.dtype.itemsize for spec in inputs)
+    check_memory(nbytes, "inputs of " + ", ".join(f"{name}:{'x'.join(map(str, shape))}"
+                                                  for name, shape in resolved.items()), "shape")
     rng = np.random.default_rng(seed)
     feed = {}
     for spec in inputs:

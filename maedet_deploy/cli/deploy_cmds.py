@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -9,10 +10,11 @@ import typer
 from rich.table import Table
 
 from ..backends import BACKENDS, build_model, open_runner, parse_batches, parse_shapes
-from ..bench import BenchResult, eager_detector, run_bench, write_report
+from ..bench import REPORT_FORMATS, BenchResult, eager_detector, run_bench, write_report
 from ..compare import (DEFAULT_ATOL, DEFAULT_RTOL, CompareResult, Preprocess, compare_runners, image_feeds,
                        parse_triple, random_feeds)
 from ..errors import MaedetError
+from ..ranges import check_range
 from .common import console, print_json
 
 ShapeOption = Annotated[Optional[list[str]], typer.Option(
@@ -42,7 +44,12 @@ def build(
 ) -> None:
     """Build a deployable model: an offline-optimized ONNX for ONNX Runtime, or a TensorRT engine.
 
-    Example: maedet-deploy build det.onnx --backend tensorrt --fp16 --opt-shapes images:1x3x640x640 --out det.engine
+    The record OUT.json holds the output's sha256 and is written last; a TensorRT engine is
+    loaded later only while it matches (engines are code).
+
+    Example:
+
+      maedet-deploy build det.onnx --backend tensorrt --fp16 --opt-shapes images:1x3x640x640 --out det.engine
     """
     if backend == "tensorrt":
         options = dict(fp16=fp16, int8=int8, min_shapes=parse_shapes(min_shapes), opt_shapes=parse_shapes(opt_shapes),
@@ -86,20 +93,33 @@ def bench(
                                              "whose speed drifts slows them alike, and the median's interval spans "
                                              "the rounds.")] = 3,
     report: Annotated[Optional[Path], typer.Option(help="Also write a report: .md, .csv or .json.")] = None,
+    trust_engine: Annotated[bool, typer.Option(help="tensorrt: load an engine whose .json record (written by "
+                                                    "build, with the engine's sha256) is missing or does not match "
+                                                    "it. Engines are code: trust only files you built.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Latency and throughput, trtexec style: settings, then min/mean/median/p90/p95/p99/max.
 
-    Example: maedet-deploy bench det.onnx --shape x:1x3x640x640 --batch 1,2,4 --duration 3 --report det.md
+    Example:
+
+      maedet-deploy bench det.onnx --shape x:1x3x640x640 --batch 1,2,4 --duration 3 --report det.md
     """
     if iterations is None and duration is None:
         duration = 3.0
+    for setting, value, low, high in (("warmup_ms", warmup_ms, 0, 3.6e6), ("iterations", iterations, 1, None),
+                                      ("duration", duration, 1e-3, 86_400), ("threads", threads, 1, 4096),
+                                      ("rounds", rounds, 1, 10_000), ("num_classes", num_classes, 1, 65_536)):
+        check_range(value, setting, low, high)
+    if report is not None and report.suffix.lower() not in REPORT_FORMATS:
+        raise MaedetError(f"must end in {', '.join(REPORT_FORMATS)}, got {report}", "report")
     shapes, batches = parse_shapes(shape), parse_batches(batch)
-    runners = {backend: open_runner(model, backend, threads, shapes, batches)}
-    if torch_baseline:
-        runners["torch eager"] = eager_detector(torch_baseline, runners[backend].inputs, num_classes, threads)
-    result = run_bench(runners, str(model), shapes, batches, seed, rounds, warmup=warmup_ms / 1000,
-                       iterations=iterations, duration=duration)
+    with ExitStack() as stack:
+        runners = {backend: stack.enter_context(open_runner(model, backend, threads, shapes, batches, trust_engine))}
+        if torch_baseline:
+            runners["torch eager"] = stack.enter_context(
+                eager_detector(torch_baseline, runners[backend].inputs, num_classes, threads))
+        result = run_bench(runners, str(model), shapes, batches, seed, rounds, warmup=warmup_ms / 1000,
+                           iterations=iterations, duration=duration)
     if report:
         write_report(result, report)
     if as_json:

@@ -8,6 +8,8 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
+from ..structure.limits import check_activations, check_input_size
+from ..zoo import resolve_structure
 from .common import console, human, parse_image_size, print_json
 
 
@@ -39,7 +41,9 @@ def export(
     from ..models import create_detector
 
     size = parse_image_size(image_size)
-    detector = create_detector(structure, num_classes=num_classes, image_size=size, neck_channels=neck_channels,
+    spec = resolve_structure(structure)
+    check_activations(spec, check_input_size(spec, size), batch)  # before a model is built for nothing
+    detector = create_detector(spec, num_classes=num_classes, image_size=size, neck_channels=neck_channels,
                                checkpoint=checkpoint)
     path = out if out is not None else Path(f"{Path(structure).stem}.onnx")
     report = export_onnx(detector, path, size, batch=batch, dynamic_batch=dynamic_batch, dynamic_size=dynamic_size,

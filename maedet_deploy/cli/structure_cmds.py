@@ -9,6 +9,7 @@ from rich.table import Table
 
 from ..search.score import DEFAULT_ALPHA, METHODS, check_alpha, parse_alpha, stage_entropies
 from ..structure import compute_cost
+from ..structure.limits import check_input_size
 from ..zoo import list_structures, resolve_structure
 from .common import console, human, parse_image_size, print_json
 
@@ -28,7 +29,7 @@ def info(
     size = parse_image_size(image_size)
     weights = parse_alpha(alpha)
     check_alpha(struct, weights)
-    cost = compute_cost(struct, size)
+    cost = check_input_size(struct, size)
     entropies = stage_entropies(struct, method, size)
     score = float(sum(a * h for a, h in zip(weights, entropies)))
     if as_json:

@@ -39,9 +39,10 @@ from torch import nn
 from ..atomic import atomic_path
 from ..backends import load_runner
 from ..errors import MaedetError
+from ..memory import check_memory, out_of_memory_as_error
 from ..models import Backbone, Detector, fold_batchnorm
-from ..structure import Structure, stage_ends
-from ..structure.cost import ImageSize, as_hw
+from ..structure import ImageSize, Structure, as_hw, stage_ends
+from ..structure.limits import check_activations, check_input_size
 from .nms import OUTPUT_NAMES, EndToEnd, postprocess
 
 MIN_OPSET, MAX_OPSET = 17, 20
@@ -213,6 +214,18 @@ def _declare_outputs(graph: onnx.ModelProto, shapes: dict[str, Sequence[int | st
                 dim.dim_value = value
 
 
+def _check_memory(model: nn.Module, size: tuple[int, int], batch: int) -> None:
+    """Refuse an input our detector's layers (or, for any other model, the input itself) cannot hold
+    in memory, before the allocator is asked."""
+    structure = getattr(getattr(model, "backbone", None), "structure", None)
+    if isinstance(structure, Structure):
+        check_activations(structure, check_input_size(structure, size), batch)
+    else:
+        check_memory(batch * getattr(model, "in_channels", 3) * size[0] * size[1] * 4,
+                     f"an input of {batch}x{size[0]}x{size[1]}", "image_size")
+
+
+@out_of_memory_as_error("ONNX export")
 def export_onnx(model: nn.Module, path: str | os.PathLike, image_size: ImageSize | None = None, batch: int = 1,
                 dynamic_batch: bool = False, dynamic_size: bool = False, nms: bool = True,
                 score_threshold: float = 0.25, iou_threshold: float = 0.6, max_detections: int = 100,
@@ -233,6 +246,7 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, image_size: ImageSize
     height, width = as_hw(image_size)
     if min(height, width) < 1:
         raise MaedetError(f"image size must be positive, got {height}x{width}")
+    _check_memory(model, (height, width), batch)
     start = time.perf_counter()
     model = model.eval()
     wrapper = EndToEnd(model, max_detections, iou_threshold, score_threshold).eval() if nms else None

@@ -21,7 +21,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ..structure import K1DWK1, K1KXK1, KXKX, STEM, Block
+from ..structure import K1DWK1, K1KXK1, KXKX, STEM, Block, ImageSize, as_hw
 
 
 class ConvBN(nn.Sequential):
@@ -138,7 +138,7 @@ def init_weights(module: nn.Module) -> None:
 
 
 @torch.no_grad()
-def calibrate_batchnorm(model: nn.Module, in_channels: int = 3, image_size: int | tuple[int, int] = 256,
+def calibrate_batchnorm(model: nn.Module, in_channels: int = 3, image_size: ImageSize = 256,
                         seed: int = 0) -> nn.Module:
     """Set every BN's running statistics from one standard-Gaussian batch (two images, so a
     1x1 feature map at a small input size still has a variance), then eval().
@@ -148,7 +148,7 @@ def calibrate_batchnorm(model: nn.Module, in_channels: int = 3, image_size: int 
     such a model is useless for comparing ONNX Runtime, TensorRT or INT8 against
     PyTorch. With measured statistics it has a trained net's activation scale.
     """
-    height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
+    height, width = as_hw(image_size)
     norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
     momenta = [m.momentum for m in norms]
     for m in norms:

@@ -24,10 +24,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import MaedetError
-from ..structure import Structure, stage_ends
-from ..structure.cost import ImageSize, as_hw
+from ..structure import ImageSize, Structure, as_hw, stage_ends
+from ..structure.limits import Limits, check_input_size
 from ..zoo import resolve_structure
-from .backbone import CALIBRATION_SIZE, Backbone
+from .backbone import CALIBRATION_SIZE, Backbone, seeded
 from .blocks import ConvBN, calibrate_batchnorm, init_weights
 from .checkpoint import load_weights
 
@@ -108,11 +108,11 @@ class Detector(nn.Module):
     """`forward(images [B,3,H,W])` -> (boxes [B,N,4] xyxy pixels, scores [B,N,classes] in 0..1)."""
 
     def __init__(self, structure: Structure, num_classes: int = 80, image_size: ImageSize = 640,
-                 neck_channels: int = 128, head_convs: int = 2, out_indices: Sequence[int] | None = None) -> None:
+                 neck_channels: int = 128, head_convs: int = 2, out_indices: Sequence[int] | None = None,
+                 seed: int = 0) -> None:
         super().__init__()
-        if num_classes < 1 or neck_channels < 1 or head_convs < 0:
-            raise MaedetError(f"num_classes ({num_classes}) and neck_channels ({neck_channels}) must be >= 1, "
-                              f"head_convs ({head_convs}) >= 0")
+        _check_head(num_classes, neck_channels, head_convs)
+        check_input_size(structure, image_size)
         stages = len(stage_ends(structure))
         if out_indices is None:
             if stages < 3:
@@ -121,27 +121,37 @@ class Detector(nn.Module):
         self.image_size = as_hw(image_size)
         self.num_classes = num_classes
         self.in_channels = structure.blocks[0].cin
-        self.backbone = Backbone(structure, out_indices)
+        self.backbone = Backbone(structure, out_indices, seed)
         info = self.backbone.feature_info
-        self.neck = PAN([f["num_chs"] for f in info], neck_channels)
-        self.head = Head(neck_channels, num_classes, [f["reduction"] for f in info], head_convs)
-        init_weights(self.neck)
-        init_weights(self.head)
-        self.head.init_priors()
+        with seeded(seed + 1):
+            self.neck = PAN([f["num_chs"] for f in info], neck_channels)
+            self.head = Head(neck_channels, num_classes, [f["reduction"] for f in info], head_convs)
+            init_weights(self.neck)
+            init_weights(self.head)
+            self.head.init_priors()
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.head(self.neck(self.backbone(images)), images)
 
 
+def _check_head(num_classes: int, neck_channels: int, head_convs: int) -> None:
+    limits = Limits()
+    for setting, value, low, high in (("num_classes", num_classes, 1, limits.channels),
+                                      ("neck_channels", neck_channels, 1, limits.channels),
+                                      ("head_convs", head_convs, 0, limits.depth)):
+        if not low <= value <= high:
+            raise MaedetError(f"must be in {low}..{high:,}, got {value:,}", setting)
+
+
 def create_detector(spec: str | os.PathLike | Structure, num_classes: int = 80, image_size: ImageSize = 640,
                     neck_channels: int = 128, checkpoint: str | os.PathLike | None = None,
-                    head_convs: int = 2) -> Detector:
+                    head_convs: int = 2, seed: int = 0) -> Detector:
     """The one entry point: a zoo name, structure file or Structure, plus optional
     trained weights (a state_dict file, strictly matched). Without weights, BN
     statistics are calibrated (`calibrate_batchnorm`) so the random-weight model
     has realistic activations for export checks, latency and INT8 calibration.
-    Returned in eval mode."""
-    detector = Detector(resolve_structure(spec), num_classes, image_size, neck_channels, head_convs)
+    Random weights are drawn from `seed`. Returned in eval mode."""
+    detector = Detector(resolve_structure(spec), num_classes, image_size, neck_channels, head_convs, seed=seed)
     if checkpoint is None:
         size = tuple(min(s, CALIBRATION_SIZE) for s in detector.image_size)
         return calibrate_batchnorm(detector, detector.in_channels, size)

@@ -28,8 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..structure import Structure, stage_ends
-from ..structure.cost import ImageSize, as_hw
+from ..structure import ImageSize, Structure, as_hw, stage_ends
+from ..structure.limits import check_activations, check_input_size
 from .blocks import ConvBN, build_block
 
 
@@ -43,6 +43,7 @@ def _main_path_convs(block: nn.Module) -> list[nn.Conv2d]:
 def forward_stage_entropies(structure: Structure, image_size: ImageSize = 224, seed: int = 0,
                             batch: int = 2) -> list[float]:
     """Per-stage entropies of the vanilla Gaussian network; seeded and deterministic."""
+    check_activations(structure, check_input_size(structure, image_size), batch)
     generator = torch.Generator().manual_seed(seed)
     height, width = as_hw(image_size)
     x = torch.randn(batch, structure.blocks[0].cin, height, width, generator=generator)

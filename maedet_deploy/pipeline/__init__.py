@@ -1,5 +1,8 @@
 """search -> export -> calibrate -> bench -> report, resumable stage by stage."""
 
-from .run import PipelineResult, PipelineSettings, run_pipeline
+from .budget import Budget
+from .run import PipelineResult, run_pipeline
+from .settings import Plan, PipelineSettings, make_plan
+from .summary import PipelineSummary
 
-__all__ = ["PipelineResult", "PipelineSettings", "run_pipeline"]
+__all__ = ["Budget", "Plan", "PipelineResult", "PipelineSettings", "PipelineSummary", "make_plan", "run_pipeline"]

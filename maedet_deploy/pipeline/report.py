@@ -1,5 +1,5 @@
 """The pipeline's report: one markdown page (and the same content as HTML) a user
-can show a colleague, built only from the stages' JSON summaries."""
+can show a colleague, built only from the typed summary of the stages."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ from typing import Any, Sequence
 
 from ..bench.measure import CV_THRESHOLD
 from ..format import human
+from .results import BenchSummary, CalibrationResult
+from .summary import PARETO_PNG, PipelineSummary
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
@@ -16,86 +18,102 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
     return lines
 
 
-def render_markdown(summary: dict[str, Any]) -> str:
-    search, best, base = summary["search"], summary["search"]["best"], summary["baseline"]
-    latency, calib, bench = search["latency"], summary["calibration"], summary["bench"]
-    rows = {(row["model"], row["part"]): row for row in bench["rows"]}
-    fp32, int8 = rows[("searched FP32", "network")], rows[("searched INT8", "network")]
-    fp32_e2e = rows[("searched FP32", "end to end")]
-    lines = [f"# maedet-deploy report: `{summary['out']}`", "",
-             f"Latency budget **{summary['latency_ms']:g} ms** for the {latency['scope']} at "
-             f"{summary['image_size']}x{summary['image_size']}, batch {summary['batch']}, on "
-             f"{latency['target']} ({summary['fingerprint'].get('gpu') or summary['fingerprint'].get('cpu')}). "
-             f"Created {summary['created']}." + (
-                 f" The budget is the {base['name']} detector's measured {summary['baseline_ms']:.2f} ms divided by "
-                 f"{summary['speedup']:g}." if summary["speedup"] else ""), "",
-             f"- Searched detector: **{latency['measured_ms']:.2f} ms** measured in the search, "
-             f"{fp32['median_ms']:.2f} ms median in the final bench (budget {summary['latency_ms']:g} ms): "
-             f"**{fp32['speedup_vs_baseline']:.2f}x** the speed of the {bench['baseline']} detector "
-             f"({fp32_e2e['speedup_vs_baseline']:.2f}x end to end with NMS).",
-             f"- Backbone entropy score {best['score']:.1f} against {base['score']:.1f} for {base['name']} "
-             f"(higher is better), with {human(best['params'])} parameters against {human(base['params'])}.",
-             f"- INT8 ({calib['method']} calibration, {calib['placement']} Q/DQ placement): "
-             f"{int8['median_ms']:.2f} ms median, {fp32['median_ms'] / int8['median_ms']:.2f}x the speed of FP32.",
-             "",
-             "## Chosen backbone", ""]
-    lines += _table(["backbone", "entropy score", "params", "FLOPs (MACs)", "conv layers"],
-                    [[name, f"{net['score']:.2f}", human(net["params"]), human(net["flops"]), net["layers"]]
-                     for name, net in (("searched", best), (base["name"], base))])
+def render_markdown(summary: PipelineSummary) -> str:
+    """The report: headline, chosen backbone, latency, INT8 calibration, device, stages, commands."""
+    lines = [f"# maedet-deploy report: `{summary.out}`", "", *_headline(summary), "", "## Chosen backbone", ""]
+    lines += _backbone(summary)
+    lines += ["## Score vs measured latency (final population)", "", f"![Pareto front]({PARETO_PNG})", ""]
+    lines += _latency(summary.bench)
+    lines += _calibration(summary.calibration, summary.images)
+    lines += ["## Device", ""]
+    lines += _table(["field", "value"], [[k, v] for k, v in summary.fingerprint.items()
+                                         if v is not None and not isinstance(v, (dict, list))])
+    lines += ["", "## Stages", ""]
+    lines += _table(["stage", "seconds", "this run"], [[name, f"{t.seconds:.1f}", "reused" if t.reused else "ran"]
+                                                      for name, t in summary.stages.items()])
+    if summary.commands:
+        lines += ["", "## Reproduce", "", "```bash", *summary.commands, "```"]
+    return "\n".join(lines + [""])
+
+
+def _headline(summary: PipelineSummary) -> list[str]:
+    budget, search, base, bench = summary.budget, summary.search, summary.baseline, summary.bench
+    fp32, int8 = bench.line("searched FP32", "network"), bench.line("searched INT8", "network")
+    fp32_e2e = bench.line("searched FP32", "end to end")
+    height, width = summary.image_size
+    device = summary.fingerprint.get("gpu") or summary.fingerprint.get("cpu")
+    source = (f" The budget is the {base.name} detector's measured {budget.baseline_ms:.2f} ms divided by "
+              f"{budget.speedup:g}." if budget.source == "speedup" else "")
+    return [f"Latency budget **{budget.latency_ms:g} ms** for the {summary.scope} at {height}x{width}, batch "
+            f"{summary.batch}, on {search.target} ({device}). Created {summary.created}.{source}", "",
+            f"- Searched detector: **{search.winner['measured_ms']:.2f} ms** measured in the search, "
+            f"{fp32.median_ms:.2f} ms median in the final bench (budget {budget.latency_ms:g} ms): "
+            f"**{fp32.speedup_vs_baseline:.2f}x** the speed of the {bench.baseline} detector "
+            f"({fp32_e2e.speedup_vs_baseline:.2f}x end to end with NMS).",
+            f"- Backbone entropy score {search.best['score']:.1f} against {base.score:.1f} for {base.name} "
+            f"(higher is better), with {human(search.best['params'])} parameters against {human(base.params)}.",
+            f"- INT8 ({summary.calibration.method} calibration, {summary.calibration.placement} Q/DQ placement): "
+            f"{int8.median_ms:.2f} ms median, {fp32.median_ms / int8.median_ms:.2f}x the speed of FP32."]
+
+
+def _backbone(summary: PipelineSummary) -> list[str]:
+    search, base, budget = summary.search, summary.baseline, summary.budget
+    best = search.best
+    lines = _table(["backbone", "entropy score", "params", "FLOPs (MACs)", "conv layers"],
+                   [["searched", f"{best['score']:.2f}", human(best["params"]), human(best["flops"]), best["layers"]],
+                    [base.name, f"{base.score:.2f}", human(base.params), human(base.flops), base.layers]])
     lines += ["", "Latency in the search (the whole detector without NMS, quietest of several timing rounds):", ""]
     lines += _table(["seed", "winner predicted", "winner measured", "budget"],
-                    [[f"{latency['seed_ms']:.2f} ms", f"{latency['predicted_ms']:.2f} ms",
-                      f"{latency['measured_ms']:.2f} ms", f"{summary['latency_ms']:g} ms"]])
+                    [[f"{search.seed_ms:.2f} ms", f"{search.winner['predicted_ms']:.2f} ms",
+                      f"{search.winner['measured_ms']:.2f} ms", f"{budget.latency_ms:g} ms"]])
     lines += ["", "Blocks (`search/best_structure.json`):", ""]
     lines += _table(["#", "class", "in", "out", "s", "k", "L", "btn"],
                     [[i, b["class"], b["in"], b["out"], b["s"], b["k"], b.get("L", "-"), b.get("btn", "-")]
                      for i, b in enumerate(best["blocks"])])
-    seconds = search["time_s"]
-    lines += ["", f"Search: {search['candidates']:,} candidates in {search['seconds']:.1f} s: latency profile "
-                  f"{_fmt(seconds['profile'], '.1f')} s, scoring {_fmt(seconds['scoring'], '.1f')} s, predicting "
-                  f"{_fmt(seconds['predicting'], '.1f')} s, measuring {_fmt(seconds['measuring'], '.1f')} s in all "
-                  f"({latency['measurements']} new measurements, {latency['cached']} from the cache).", ""]
-    lines += ["## Score vs measured latency (final population)", "", f"![Pareto front]({summary['pareto_png']})", ""]
-    lines += ["## Latency", "",
-              f"One bench run, the same input and settings for every model ({bench['seconds']:g} s each, taking "
-              f"turns in {bench['rounds']} rounds). "
-              "*network*: up to the NMS inputs, what the budget covers; *end to end*: with the in-graph NMS, whose "
-              "time depends on how many boxes pass its score threshold (with random weights, most do).", ""]
-    lines += _table(["model", "part", "median ms", "p90 ms", "p99 ms", "images/s", "CV", f"vs {bench['baseline']}"],
-                    [[row["model"], row["part"], f"{row['median_ms']:.2f}", f"{row['p90_ms']:.2f}",
-                      f"{row['p99_ms']:.2f}", f"{row['images_per_s']:.1f}", f"{100 * row['cv']:.1f}%", f"{row['speedup_vs_baseline']:.2f}x"]
-                     for row in bench["rows"]])
-    def rows_warned(text: str) -> list[str]:
-        return [f"{row['model']} {row['part']}" for row in bench["rows"]
-                if any(text in warning for warning in row.get("warnings", []))]
+    seconds = search.time_s
+    return lines + ["", f"Search: {search.candidates:,} candidates in {summary.search_seconds:.1f} s: latency "
+                        f"profile {_fmt(seconds['profile'], '.1f')} s, scoring {_fmt(seconds['scoring'], '.1f')} s, "
+                        f"predicting {_fmt(seconds['predicting'], '.1f')} s, measuring "
+                        f"{_fmt(seconds['measuring'], '.1f')} s in all ({search.measured} new measurements, "
+                        f"{search.cached} from the cache).", ""]
 
+
+def _latency(bench: BenchSummary) -> list[str]:
+    lines = ["## Latency", "",
+             f"One bench run, the same input and settings for every model ({bench.seconds:g} s each, taking turns "
+             f"in {bench.rounds} rounds). *network*: up to the NMS inputs, what the budget covers; *end to end*: "
+             "with the in-graph NMS, whose time depends on how many boxes pass its score threshold (with random "
+             "weights, most do).", ""]
+    lines += _table(["model", "part", "median ms", "p90 ms", "p99 ms", "images/s", "CV", f"vs {bench.baseline}"],
+                    [[line.model, line.part, f"{line.median_ms:.2f}", f"{line.p90_ms:.2f}", f"{line.p99_ms:.2f}",
+                      f"{line.images_per_s:.1f}", f"{100 * line.cv:.1f}%", f"{line.speedup_vs_baseline:.2f}x"]
+                     for line in bench.lines])
+    return lines + [line for warning in _warnings(bench) for line in ("", f"> warning: {warning}")]
+
+
+def _warnings(bench: BenchSummary) -> list[str]:
+    """The run's warnings; per-row instability and speed changes folded into one line each."""
     folded = {"unstable": f"coefficient of variation above {100 * CV_THRESHOLD:g}%",
               "speed changed": "round medians more than 10% apart (the machine's speed changed during the run)"}
-    warnings = bench["warnings"] + [f"{row['model']}, {row['part']}: {warning}" for row in bench["rows"]
-                                    for warning in row.get("warnings", [])
-                                    if not any(text in warning for text in folded)]
-    warnings += [f"{summary_text}: {', '.join(rows_warned(text))}; compare medians with care"
-                 for text, summary_text in folded.items() if rows_warned(text)]
-    lines += [line for warning in warnings for line in ("", f"> warning: {warning}")]
-    lines += ["", "## INT8 calibration", "",
-              f"{calib['method']} calibration, {calib['placement']} Q/DQ placement, on {calib['calibration_images']} "
-              f"images from `{calib['images']}`; measured on {calib['holdout_images']} held-out images.", ""]
+    warned = {text: [f"{line.model} {line.part}" for line in bench.lines if any(text in w for w in line.warnings)]
+              for text in folded}
+    return (bench.warnings + [f"{line.model}, {line.part}: {w}" for line in bench.lines for w in line.warnings
+                              if not any(text in w for text in folded)]
+            + [f"{folded[text]}: {', '.join(rows)}; compare medians with care" for text, rows in warned.items()
+               if rows])
+
+
+def _calibration(calib: CalibrationResult, images: str) -> list[str]:
+    lines = ["", "## INT8 calibration", "",
+             f"{calib.method} calibration, {calib.placement} Q/DQ placement, on {calib.calibration_images} images "
+             f"from `{images}`; measured on {calib.holdout_images} held-out images.", ""]
     lines += _table(["quantized / float layers", "min cosine before NMS", "min SQNR before NMS",
                      "agreement mAP@0.5", "agreement mAP@0.5:0.95"],
-                    [[f"{calib['quantized_layers']} / {calib['float_layers']}", _fmt(calib["raw_min_cosine"]),
-                      f"{_fmt(calib['raw_min_sqnr_db'], '.1f')} dB", _fmt(calib["map50"]), _fmt(calib["map"])]])
-    lines += ["", "The search is training-free, so these weights are random: the figures check the INT8 numerics, "
-                  "not accuracy. Train the detector, export it with `--checkpoint`, and run `maedet-deploy calibrate` "
-                  "on your own images for the accuracy that matters.", ""]
-    lines += ["## Device", ""]
-    lines += _table(["field", "value"], [[k, v] for k, v in summary["fingerprint"].items()
-                                         if v is not None and not isinstance(v, (dict, list))])
-    lines += ["", "## Stages", ""]
-    lines += _table(["stage", "seconds", "this run"], [[name, f"{stage['seconds']:.1f}",
-                                                       "reused" if stage["reused"] else "ran"]
-                                                      for name, stage in summary["stages"].items()])
-    lines += ["", "## Reproduce", "", "```bash", *summary["commands"], "```", ""]
-    return "\n".join(lines)
+                    [[f"{calib.quantized_layers} / {calib.float_layers}", _fmt(calib.raw_min_cosine),
+                      f"{_fmt(calib.raw_min_sqnr_db, '.1f')} dB", _fmt(calib.map50), _fmt(calib.map)]])
+    return lines + ["", "The search is training-free, so these weights are random: the figures check the INT8 "
+                        "numerics, not accuracy. Train the detector, export it with its trained weights, and run "
+                        "`maedet-deploy calibrate` on your own images for the accuracy that matters.", ""]
 
 
 def _fmt(value: Any, spec: str = ".4f") -> str:

@@ -66,10 +66,10 @@ def _check_block(index: int, block: Block) -> None:
         raise StructureError(f"block {index} ({block.kind}): {field}={value} {rule}")
 
     if block.kind not in BLOCK_TYPES:
-        raise StructureError(f"block {index}: unknown class {block.kind!r} (known: {', '.join(BLOCK_TYPES)})")
+        raise StructureError(f"block {index}: unknown class {short_repr(block.kind)} (known: {', '.join(BLOCK_TYPES)})")
     for field in ("cin", "cout", "stride", "kernel", "depth", "btn"):
         if type(getattr(block, field)) is not int:
-            fail(_JSON_NAME[field], repr(getattr(block, field)), "must be an integer")
+            fail(_JSON_NAME[field], short_repr(getattr(block, field)), "must be an integer")
     if block.cin < 1:
         fail("in", block.cin, "must be >= 1")
     if block.cout < 1:
@@ -85,6 +85,12 @@ def _check_block(index: int, block: Block) -> None:
             fail("btn", block.btn, f"must be >= {MIN_BTN}")
     elif block.depth != 1 or block.btn != 0:
         fail("L/btn", f"{block.depth}/{block.btn}", "are not fields of the stem block")
+
+
+def short_repr(value: Any, limit: int = 40) -> str:
+    """A value from user data, quoted for a one-line message (never pages of it)."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}..."
 
 
 _JSON_NAME = {"kind": "class", "cin": "in", "cout": "out", "stride": "s", "kernel": "k", "depth": "L", "btn": "btn"}
@@ -133,7 +139,7 @@ def block_from_dict(index: int, item: Any) -> Block:
     if not isinstance(item, dict):
         raise StructureError(f"block {index}: expected an object, got {type(item).__name__}")
     allowed = {"class", "in", "out", "s", "k", "L", "btn", "inner_class"}
-    unknown = sorted(set(item) - allowed)
+    unknown = sorted(short_repr(key) for key in set(item) - allowed)
     if unknown:
         raise StructureError(f"block {index}: unknown field(s) {', '.join(unknown)}")
     for field in ("class", "in", "out", "s", "k"):
