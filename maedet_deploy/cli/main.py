@@ -8,7 +8,7 @@ import typer
 from rich.markup import escape
 
 from ..errors import MaedetError
-from . import calibrate_cmd, deploy_cmds, export_cmd, pipeline_cmd, profile_cmd, search_cmd, structure_cmds
+from . import calibrate_cmd, deploy_cmds, export_cmd, pipeline_cmd, profile_cmd, search_cmd, structure_cmds, worker_cmd
 from .common import err_console
 
 app = typer.Typer(
@@ -29,6 +29,7 @@ app.command()(deploy_cmds.bench)
 app.command()(deploy_cmds.compare)
 app.command()(calibrate_cmd.calibrate)
 app.command()(pipeline_cmd.pipeline)
+app.command()(worker_cmd.worker)
 
 
 def run() -> None:
