@@ -69,9 +69,13 @@ def version_mismatch(text: str, address: str) -> str:
 def connect(address: str) -> tuple[ModuleType, bool]:
     """Ray connected to the farm at `address`; True when this call connected (so closing it is ours)."""
     ray = import_ray()
-    if ray.is_initialized():
-        return ray, False
     check_reachable(address)
+    if ray.is_initialized():
+        current = ray.get_runtime_context().gcs_address
+        if split_address(current) != split_address(address):
+            raise MaedetError(f"this process is already connected to the farm at {current}, not {address}",
+                              setting="farm")
+        return ray, False
     try:
         ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False,
                  configure_logging=True)

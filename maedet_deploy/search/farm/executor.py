@@ -65,9 +65,14 @@ class FarmExecutor:
         self.peak_rss_mb: dict[str, float] = {}
         self.timed_out: list[str] = []          # first attempts cancelled past the timeout (items)
         self.measured = 0
-        self.busy = 0
         self.devices = len(fleet.nodes)
+        self._flights: dict[Any, _Flight] = {}     # windows in flight, by their Ray object ref
         self._started: float | None = None
+
+    @property
+    def busy(self) -> int:
+        """Devices measuring now: one window each."""
+        return len(self._flights)
 
     @property
     def fingerprint(self) -> dict[str, Any]:
@@ -93,14 +98,14 @@ class FarmExecutor:
         target = self.target(target)
         queue = deque((list(window), 1) for window in windows if window)
         total = sum(len(window) for window, _ in queue)
-        flights: dict[Any, _Flight] = {}
+        flights = self._flights = {}
         hung: list[_Flight] = []
         self._started = self._started or time.perf_counter()
         done = 0
         try:
             while queue or flights:
                 self._submit(queue, flights, target, timing)
-                ready, _ = self.ray.wait(list(flights), num_returns=1, timeout=POLL_S)
+                ready, _ = self.ray.wait(list(flights), num_returns=1, timeout=self._wait_s())
                 for ref in ready:
                     for measured in self._collect(ref, flights.pop(ref)):
                         done += 1
@@ -111,7 +116,7 @@ class FarmExecutor:
         finally:
             for ref in flights:
                 self.ray.cancel(ref, force=True)
-            self.busy = 0
+            flights.clear()
         if hung:
             items = [request.item for flight in hung for request in flight.window]
             raise MaedetError(f"{len(items)} measurement(s) hung past {self.timeout_s:g} s twice on the farm at "
@@ -128,7 +133,11 @@ class FarmExecutor:
             ref = self._remote.options(num_cpus=0, resources={self.fleet.resource: 1}, max_retries=NODE_RETRIES,
                                        retry_exceptions=False).remote(target, timing, window)
             flights[ref] = _Flight(window, attempt, time.perf_counter())
-        self.busy = len(flights)
+
+    def _wait_s(self) -> float:
+        """Until the next window's timeout, at most POLL_S."""
+        now = time.perf_counter()
+        return max(0.0, min([POLL_S] + [flight.submitted + self.timeout_s - now for flight in self._flights.values()]))
 
     def _live_devices(self) -> int:
         resource = self.fleet.resource
@@ -148,7 +157,6 @@ class FarmExecutor:
                 queue.appendleft((flight.window, 2))
             else:
                 hung.append(flight)
-        self.busy = len(flights)
         return hung
 
     def _collect(self, ref: Any, flight: _Flight) -> Iterator[Measured]:
@@ -221,7 +229,8 @@ def open_farm(address: str, device: str | None = None, timeout_s: float = DEFAUL
     try:
         nodes = device_nodes(ray)
         name = choose_device(nodes, device, address)
-        fleet = form_fleet(probe_nodes(ray, [node for node in nodes if node.device == name]), name, address)
+        probed, unanswered = probe_nodes(ray, [node for node in nodes if node.device == name])
+        fleet = form_fleet(probed, name, address, unanswered)
         executor = FarmExecutor(ray, fleet, address, owned, timeout_s)
     except BaseException:
         if owned:

@@ -12,14 +12,15 @@ trust the name alone: it probes every node for its real fingerprint first.
 from __future__ import annotations
 
 import re
+import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import ModuleType
 from typing import Any
 
 from ... import __version__
 from ...backends.fingerprint import ID_FIELDS, fingerprint_id
-from ...errors import MaedetError
+from ...errors import MaedetError, first_line
 from ..measurer import PROTOCOL
 
 RESOURCE_PREFIX = "maedet:"
@@ -102,8 +103,9 @@ def choose_device(nodes: list[FarmNode], device: str | None, address: str) -> st
     return device
 
 
-def probe_nodes(ray: ModuleType, nodes: list[FarmNode]) -> list[FarmNode]:
-    """Each node's real fingerprint and software, asked of the node itself."""
+def probe_nodes(ray: ModuleType, nodes: list[FarmNode]) -> tuple[list[FarmNode], list[str]]:
+    """Each node's real fingerprint and software, asked of the node itself; a node that cannot
+    answer (it died since Ray listed it, or cannot import maedet-deploy) is refused in one line."""
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     from .task import probe_task
@@ -111,13 +113,16 @@ def probe_nodes(ray: ModuleType, nodes: list[FarmNode]) -> list[FarmNode]:
     remote = ray.remote(probe_task)
     refs = [remote.options(num_cpus=0, max_retries=0, scheduling_strategy=NodeAffinitySchedulingStrategy(
         node.node_id, soft=False)).remote() for node in nodes]
-    try:
-        answers = ray.get(refs, timeout=PROBE_TIMEOUT_S)
-    except Exception as exc:  # a node that cannot run our code: say which setup step is missing
-        from ...errors import first_line
-        raise MaedetError(f"a farm node could not run maedet-deploy's probe ({first_line(exc)}); every node needs "
-                          "maedet-deploy installed in the Python its worker runs", setting="farm") from None
-    return [FarmNode(n.node_id, n.address, n.device, n.declared, answer) for n, answer in zip(nodes, answers)]
+    deadline = time.monotonic() + PROBE_TIMEOUT_S
+    probed, refused = [], []
+    for node, ref in zip(nodes, refs):
+        try:
+            probed.append(replace(node, probe=ray.get(ref, timeout=max(0.1, deadline - time.monotonic()))))
+        except Exception as exc:  # any failure of one node's probe leaves that node out, named
+            ray.cancel(ref, force=True)
+            refused.append(f"refused node {node.address}/{node.node_id[:8]}: it did not answer the probe "
+                           f"({first_line(exc)}); it needs maedet-deploy {__version__} where its Ray runs")
+    return probed, refused
 
 
 def _differences(theirs: dict[str, Any], ours: dict[str, Any]) -> str:
@@ -140,22 +145,24 @@ def _refusal(node: FarmNode, fleet_id: str, fleet_fp: dict[str, Any]) -> str | N
     return None
 
 
-def form_fleet(nodes: list[FarmNode], device: str, address: str) -> Fleet:
-    """The fleet is the fingerprint most nodes of `device` share; every other node is refused."""
-    mine = [node for node in nodes if node.device == device]
-    counts = Counter(node.fingerprint_id for node in mine).most_common()
+def form_fleet(probed: list[FarmNode], device: str, address: str, refused: list[str]) -> Fleet:
+    """The fleet is the fingerprint most probed nodes of `device` share; every other node is refused
+    (`refused` already names the nodes that did not answer the probe)."""
+    if not probed:
+        raise MaedetError(f"no {device} node of the farm at {address} can measure: {refused[0]}", setting="device")
+    counts = Counter(node.fingerprint_id for node in probed).most_common()
     if len(counts) > 1 and counts[0][1] == counts[1][1]:
         raise MaedetError(f"the {device} nodes of the farm at {address} split evenly between fingerprints "
                           f"{counts[0][0]} and {counts[1][0]}: join them as two device names", setting="device")
     fleet_id = counts[0][0]
-    fleet_fp = next(node.probe["fingerprint"] for node in mine if node.fingerprint_id == fleet_id)
-    reasons = [_refusal(node, fleet_id, fleet_fp) for node in mine]
-    kept = [node for node, reason in zip(mine, reasons) if reason is None]
-    refused = [reason for reason in reasons if reason]
-    for node, reason in zip(mine, reasons):
+    fleet_fp = next(node.probe["fingerprint"] for node in probed if node.fingerprint_id == fleet_id)
+    reasons = [_refusal(node, fleet_id, fleet_fp) for node in probed]
+    for node, reason in zip(probed, reasons):
         if reason and node.declared == fleet_id:   # it would still be handed the fleet's tasks
             raise MaedetError(f"{reason}; it advertises the fleet's resource, so stop or restart its worker",
                               setting="device")
+    kept = [node for node, reason in zip(probed, reasons) if reason is None]
+    refused = refused + [reason for reason in reasons if reason]
     if not kept:
         raise MaedetError(f"no {device} node of the farm at {address} can measure: {refused[0]}", setting="device")
     return Fleet(device, fleet_fp, kept, refused)
