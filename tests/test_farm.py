@@ -1,11 +1,9 @@
-"""The device farm on a real local Ray cluster: a head started with `ray start --head` and devices
-joined with `maedet-deploy worker`, each a process group of its own on its own loopback address
-(127.0.0.x, so the nodes look like separate hosts and no traffic leaves the machine)."""
+"""The device farm on a real local Ray cluster (`farm.local.LocalFarm`): a head started with
+`ray start --head` and devices joined with `maedet-deploy worker`, each a process group of its own on
+its own loopback address, the test process the driver."""
 
 import json
 import os
-import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -20,6 +18,7 @@ import pytest
 from cli_helpers import run_cli
 from nets import TINY
 from maedet_deploy.errors import MaedetError
+from maedet_deploy.search.farm.local import HEAD_IP, LocalFarm, free_port
 from maedet_deploy.search.farm.task import TEMP_PREFIX, task_folder
 from maedet_deploy.search.latency import LatencySession
 from maedet_deploy.search.measurer import LatencyTarget, TimingSettings, open_measurer
@@ -28,10 +27,6 @@ SIZE = (64, 64)
 FAST = TimingSettings(visits=2, round_s=0.01, min_iterations=3, patience=0.0)
 TARGET = LatencyTarget(threads=1)
 DEVICE = "cpu-test"
-HEAD_IP = "127.0.0.2"
-STARTUP_S = 60.0
-# A dead node is noticed after 5 missed checks a second apart (Ray's default: 3 s apart).
-HEALTH_CHECKS = {"health_check_period_ms": 1000, "health_check_failure_threshold": 5}
 
 
 def plan_session(measurer) -> LatencySession:
@@ -43,74 +38,14 @@ def cache_keys(path: Path) -> set[tuple[str, str, str]]:
     return set(sqlite3.connect(path).execute("SELECT device, target, item FROM latency"))
 
 
-class LocalFarm:
-    """A head and device nodes as users start them, each in its own process group so that killing
-    one takes its raylet and workers down with it, as when a device loses power."""
-
-    def __init__(self, logs: Path) -> None:
-        probe = socket.socket()
-        probe.bind((HEAD_IP, 0))
-        self.port = probe.getsockname()[1]
-        probe.close()
-        self.address = f"{HEAD_IP}:{self.port}"
-        self.logs = logs
-        self.groups: dict[str, subprocess.Popen] = {}
-
-    def _spawn(self, name: str, command: list[str]) -> None:
-        with open(self.logs / f"{name}.log", "w") as log:
-            self.groups[name] = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-
-    def start_head(self) -> None:
-        self._spawn(HEAD_IP, [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--port", str(self.port),
-                              "--node-ip-address", HEAD_IP, "--num-cpus", "0", "--object-store-memory", str(80 * 2**20),
-                              "--disable-usage-stats", "--block", "--system-config", json.dumps(HEALTH_CHECKS)])
-        deadline = time.monotonic() + STARTUP_S
-        while True:
-            try:
-                socket.create_connection((HEAD_IP, self.port), timeout=1).close()
-                return
-            except OSError:
-                assert time.monotonic() < deadline, (self.logs / f"{HEAD_IP}.log").read_text()[-2000:]
-                time.sleep(0.2)
-
-    def add_worker(self, ip: str, device: str = DEVICE, cores: str | None = None) -> None:
-        """`maedet-deploy worker` on `ip` (pinned to `cores` with taskset); returns once it has joined.
-        One at a time: nodes starting at once on one host race for their socket names."""
-        import ray
-
-        command = [sys.executable, "-m", "maedet_deploy.cli.main", "worker", "--address", self.address, "--device",
-                   device, "--node-ip-address", ip, "--object-store-mb", "80"]
-        self._spawn(ip, (["taskset", "-c", cores] if cores else []) + command)
-        deadline = time.monotonic() + STARTUP_S
-        while not any(n["Alive"] and n["NodeManagerAddress"] == ip for n in ray.nodes()):
-            assert self.groups[ip].poll() is None, (self.logs / f"{ip}.log").read_text()[-2000:]
-            assert time.monotonic() < deadline, (self.logs / f"{ip}.log").read_text()[-2000:]
-            time.sleep(0.2)
-
-    def kill(self, name: str) -> None:
-        process = self.groups.pop(name)
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=30)
-
-    def close(self) -> None:
-        for name in list(self.groups):
-            self.kill(name)
-
-
 @pytest.fixture(scope="module")
 def farm(tmp_path_factory):
     """A head and two devices of one kind; the test process is the driver."""
-    ray = pytest.importorskip("ray")
-    local = LocalFarm(tmp_path_factory.mktemp("farm"))
-    try:
-        local.start_head()
-        ray.init(address=local.address, logging_level="WARNING", log_to_driver=False)
+    pytest.importorskip("ray")
+    with LocalFarm(tmp_path_factory.mktemp("farm")) as local:
         for ip in ("127.0.0.3", "127.0.0.4"):
-            local.add_worker(ip)
+            local.add_worker(ip, DEVICE)
         yield local
-    finally:
-        ray.shutdown()
-        local.close()
 
 
 def test_profile_through_the_farm_fills_the_cache_like_in_process(farm, tmp_path):
@@ -143,7 +78,7 @@ def test_profile_through_the_farm_fills_the_cache_like_in_process(farm, tmp_path
 def test_a_killed_node_loses_nothing_and_counts_nothing_twice(farm, tmp_path):
     from maedet_deploy.search.farm import FarmMeasurer, open_farm
 
-    farm.add_worker("127.0.0.5")
+    farm.add_worker("127.0.0.5", DEVICE)
     executor = open_farm(farm.address, DEVICE)
     assert len(executor.fleet.nodes) == 3
     measurer = FarmMeasurer(executor, str(tmp_path / "c.sqlite"), TARGET, FAST)
@@ -175,7 +110,7 @@ def test_a_node_with_another_fingerprint_is_refused_by_name(farm):
 
     if len(os.sched_getaffinity(0)) < 2:
         pytest.skip("pinning a node to one core changes its fingerprint only on a machine with several")
-    farm.add_worker("127.0.0.6", cores="0")     # one usable core: its latencies are not the fleet's
+    farm.add_worker("127.0.0.6", DEVICE, cores="0")     # one usable core: its latencies are not the fleet's
     lines = []
     executor = open_farm(farm.address, DEVICE, warn=lines.append)
     pinned = [line for line in lines if "127.0.0.6" in line]
@@ -207,13 +142,9 @@ def test_a_window_past_the_timeout_is_retried_once_then_reported(farm):
 def test_unreachable_farm_and_version_mismatch_are_one_line(farm):
     from maedet_deploy.search.farm import open_farm
 
-    closed = socket.socket()
-    closed.bind((HEAD_IP, 0))
-    port = closed.getsockname()[1]
-    closed.close()
     start = time.perf_counter()
     with pytest.raises(MaedetError) as error:
-        open_farm(f"{HEAD_IP}:{port}")
+        open_farm(f"{HEAD_IP}:{free_port()}")
     assert error.value.setting == "farm" and "cannot reach the farm" in error.value.message
     assert time.perf_counter() - start < 10
     other = _python_of_another_patch_release()
