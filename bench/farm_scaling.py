@@ -22,6 +22,7 @@ from pathlib import Path
 
 from maedet_deploy.search.evolution import SearchSettings, new_state, run_search
 from maedet_deploy.search.farm import FarmMeasurer, open_farm
+from maedet_deploy.search.farm.executor import deal_windows
 from maedet_deploy.search.farm.local import LocalFarm
 from maedet_deploy.search.latency import LatencyRun, LatencySession, LatencySettings, profile_plan
 from maedet_deploy.search.measurer import (LatencyTarget, Request, TimingSettings, block_requests, network_requests,
@@ -46,9 +47,21 @@ def plan_requests(args) -> list[Request]:
 
 def child(args) -> None:
     """In process, on the core taskset gave this child: the profile, or one structure measured."""
+    import maedet_deploy.export  # noqa: F401  (torch imported before the clock, as the farm's probe does)
+
     measurer = open_measurer(TARGET, args.cache, TimingSettings())
     start = time.perf_counter()
-    if args.structure:
+    if args.in_windows:
+        from maedet_deploy.search.farm.task import _measure_window
+
+        for window in deal_windows(plan_requests(args), args.window, 1):
+            for request, entry in zip(window, _measure_window(TARGET, measurer.timing, window)):
+                measurer.cache.put(request.item, entry)
+                measurer.counters.measured += 1
+                measurer.counters.export_s += entry.export_s
+                measurer.counters.timing_s += entry.measure_s
+        print(json.dumps({"wall_s": time.perf_counter() - start, **measurer.counters.to_dict()}))
+    elif args.structure:
         structure = Structure.from_dicts(json.loads(Path(args.structure).read_text()))
         print(json.dumps({"ms": measurer.networks([structure], (args.image_size,) * 2, args.scope)[0]}))
     else:
@@ -57,10 +70,13 @@ def child(args) -> None:
     measurer.close()
 
 
-def in_process(args, cache: Path, structure: Path | None = None) -> dict:
+def in_process(args, cache: Path, structure: Path | None = None, windows: bool = False) -> dict:
+    """A child pinned to core 0: the profile as one batch (as `maedet-deploy profile` measures it),
+    or in the farm's windows one after another (the farm's work without Ray), or one structure."""
     command = ["taskset", "-c", "0", sys.executable, __file__, "--child", "--cache", str(cache),
                "--image-size", str(args.image_size), "--scope", args.scope, "--networks", str(args.networks),
-               "--whole", str(args.whole)] + (["--structure", str(structure)] if structure else [])
+               "--whole", str(args.whole), "--window", str(args.window)]
+    command += (["--structure", str(structure)] if structure else []) + (["--in-windows"] if windows else [])
     done = subprocess.run(command, capture_output=True, text=True, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -94,7 +110,7 @@ def what_travels(args, sample: int = 12) -> dict:
                                        scope=request.scope, neck_channels=NECK_CHANNELS)
         export_s += report.seconds
         onnx.append((folder / f"{index}.onnx").read_bytes())
-    size = ray.remote(len).options(num_cpus=0, resources={_resource(): 1})
+    size = ray.remote(lambda blob: len(blob)).options(num_cpus=0, resources={_resource(): 1})
     start = time.perf_counter()
     assert [ray.get(size.remote(blob)) for blob in onnx] == list(map(len, onnx))
     transfer_s = time.perf_counter() - start
@@ -147,6 +163,7 @@ def main() -> None:
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--cache", help=argparse.SUPPRESS)
     parser.add_argument("--structure", help=argparse.SUPPRESS)
+    parser.add_argument("--in-windows", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child(args)
@@ -157,6 +174,7 @@ def main() -> None:
 def measure_all(args) -> tuple:
     work = Path(tempfile.mkdtemp(prefix="farm-bench-"))
     local = in_process(args, work / "in.sqlite")
+    windowed = in_process(args, work / "win.sqlite", windows=True)
     with LocalFarm(work / "logs") as farm:
         farm.add_worker("127.0.0.3", DEVICE, cores="0")
         one = farm_profile(farm.address, work / "one.sqlite", args)
@@ -168,7 +186,7 @@ def measure_all(args) -> tuple:
     if search["structure"]:
         (work / "winner.json").write_text(json.dumps(search["structure"]))
         search["in_process_ms"] = in_process(args, work / "winner.sqlite", work / "winner.json")["ms"]
-    return local, one, two, travels, search, keys[0] == keys[1] == keys[2]
+    return local, windowed, one, two, travels, search, keys[0] == keys[1] == keys[2]
 
 
 def _keys(path: Path) -> set:
@@ -176,19 +194,21 @@ def _keys(path: Path) -> set:
     return set(sqlite3.connect(path).execute("SELECT device, target, item FROM latency"))
 
 
-def report(args, local, one, two, travels, search, same_keys) -> None:
+def report(args, local, windowed, one, two, travels, search, same_keys) -> None:
     n = local["measured"]
     print(f"profile: k1kxk1 seed, {args.scope} at {args.image_size}, {args.networks} networks, {args.whole} walks, "
           f"window {args.window}; {n} measurements, same cache keys in all three runs: {same_keys}")
     print(f"{'run':<14}{'wall s':>9}{'measured':>10}{'export s':>10}{'timing s':>10}{'join s':>8}")
-    print(f"{'in process':<14}{local['wall_s']:>9.1f}{n:>10}{local['export_s']:>10.1f}{local['timing_s']:>10.1f}")
-    for name, (counters, _, joined) in (("farm 1 node", one), ("farm 2 nodes", two)):
+    rows = (("in process", local, None), ("in windows", windowed, None), ("farm 1 node", *one[::2]),
+            ("farm 2 nodes", *two[::2]))
+    for name, counters, joined in rows:
         print(f"{name:<14}{counters['wall_s']:>9.1f}{counters['measured']:>10}{counters['export_s']:>10.1f}"
-              f"{counters['timing_s']:>10.1f}{joined:>8.1f}")
-    overhead = one[0]["wall_s"] - local["wall_s"]
-    print(f"farm overhead at 1 node: {1000 * overhead / n:.1f} ms per measurement, "
-          f"{100 * overhead / local['wall_s']:.1f}% of the in-process time (target <= 5%); "
-          f"joining (connect + probe) {one[2]:.1f} s once")
+              f"{counters['timing_s']:>10.1f}" + ("" if joined is None else f"{joined:>8.1f}"))
+    for base, label in ((local, "one batch"), (windowed, "the same windows")):
+        overhead = one[0]["wall_s"] - base["wall_s"]
+        print(f"farm at 1 node vs in process ({label}): {1000 * overhead / n:+.1f} ms per measurement, "
+              f"{100 * overhead / base['wall_s']:+.1f}% of the in-process time (target <= +5%)")
+    print(f"joining the farm (connect + probe): {one[2]:.1f} s once")
     print(f"2 nodes / 1 node wall time: {two[0]['wall_s'] / one[0]['wall_s']:.2f} (target <= 0.6); by node: "
           + ", ".join(f"{label} {row['measured']}" for label, row in two[1]["by_node"].items()))
     print(f"what travels, per request ({travels['requests']} sampled): structure {travels['structure_bytes']:.0f} B; "

@@ -11,6 +11,7 @@ the run finishes every other window and then reports the hung requests.
 
 from __future__ import annotations
 
+import math
 import time
 from collections import defaultdict, deque
 from dataclasses import dataclass, replace
@@ -28,6 +29,15 @@ from .task import WindowResult, measure_task
 DEFAULT_TIMEOUT_S = 1800.0   # per window; a TensorRT engine build takes tens of seconds per request
 NODE_RETRIES = 3             # Ray's retries of a window whose node or worker process died
 POLL_S = 1.0                 # how often hung windows are looked for and progress is reported
+
+
+def deal_windows(requests: Sequence[Request], most: int, devices: int) -> list[list[Request]]:
+    """`requests` dealt round-robin into the fewest windows of at most `most` whose count is a
+    multiple of `devices`: each device gets as many windows, each window a mix of cheap blocks and
+    costly networks (a profile lists all blocks first), so no device idles at the end."""
+    count = math.ceil(len(requests) / max(1, most))
+    count = max(1, devices) * math.ceil(count / max(1, devices))
+    return [list(requests[start::count]) for start in range(min(count, len(requests)))]
 
 
 class Measured(NamedTuple):
@@ -91,6 +101,9 @@ class FarmExecutor:
         if target.backend == "onnxruntime" and target.threads is None:
             return replace(target, threads=int(self.fleet.fingerprint["usable_cores"]))
         return target
+
+    def deal(self, requests: Sequence[Request], most: int) -> list[list[Request]]:
+        return deal_windows(requests, most, self.devices)
 
     def run(self, target: LatencyTarget, timing: TimingSettings, windows: Iterable[Sequence[Request]],
             progress: Progress | None = None) -> Iterator[Measured]:

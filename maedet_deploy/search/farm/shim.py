@@ -19,7 +19,7 @@ DEFAULT_WINDOW = 16   # requests per task: visits spread over the window, a lost
 
 class FarmMeasurer(Measurer):
     """A Measurer on the farm's fleet: cache rows keyed by the fleet's fingerprint, threads resolved
-    on the devices, missing things measured as windows of `window` requests across the fleet."""
+    on the devices, missing things measured in windows of at most `window` requests across the fleet."""
 
     def __init__(self, farm: FarmExecutor, cache_path: str | None, target: LatencyTarget,
                  timing: TimingSettings | None = None, window: int = DEFAULT_WINDOW) -> None:
@@ -30,9 +30,8 @@ class FarmMeasurer(Measurer):
         self.window = max(1, window)
 
     def _measure_batch(self, requests: Sequence[Request], step: Callable[..., None]) -> list[Entry]:
-        windows = [requests[start:start + self.window] for start in range(0, len(requests), self.window)]
         found: dict[str, Entry] = {}
-        for measured in self.farm.run(self.target, self.timing, windows):
+        for measured in self.farm.run(self.target, self.timing, self.farm.deal(requests, self.window)):
             self.cache.put(measured.request.item, measured.entry)   # committed as it arrives
             found[measured.request.item] = measured.entry
             self._count(measured.entry)
