@@ -157,6 +157,12 @@ def test_unreachable_farm_and_version_mismatch_are_one_line(farm):
     line = result.stdout.strip()
     assert result.returncode == 2 and len(line.splitlines()) == 1, result.stdout + result.stderr
     assert sys.version.split()[0] in line and "Python" in line and "the same" in line
+    # A device joining with that Python: `ray start` refuses, the worker says so in one line.
+    joining = subprocess.run([other, "-S", "-m", "maedet_deploy.cli.main", "worker", "--address", farm.address,
+                              "--device", DEVICE, "--node-ip-address", "127.0.0.7"], capture_output=True, text=True,
+                             timeout=120, env={**os.environ, "PYTHONPATH": _child_path(site)})
+    assert joining.returncode == 2 and "Traceback" not in joining.stderr + joining.stdout
+    assert len(joining.stderr.strip().splitlines()) == 1 and sys.version.split()[0] in joining.stderr
 
 
 def _python_of_another_patch_release() -> str | None:

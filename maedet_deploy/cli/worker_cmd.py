@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from typing import Annotated, Optional
 
 import typer
@@ -31,12 +30,12 @@ def worker(
     Python as the head: install with pip install 'maedet-deploy[farm]'.
     Example: maedet-deploy worker --address 10.0.0.5:6379 --device orin-nx --backend tensorrt
     """
-    from ..search.farm.worker import plan_worker
+    from ..search.farm.worker import plan_worker, run_node
 
     plan = plan_worker(address, device, backend, node_ip_address, object_store_mb)
     console.print(f"joining the farm at {plan.address} as {plan.device} ({plan.backend}; resource "
-                  f"{plan.resource})", highlight=False)
+                  f"{plan.resource})", highlight=False, markup=False, emoji=False)
     if dry_run:
-        console.print(" ".join(plan.command), highlight=False, soft_wrap=True)
+        console.print(" ".join(plan.command), highlight=False, markup=False, emoji=False, soft_wrap=True)
         return
-    os.execv(plan.command[0], plan.command)   # the node is this process: stopping it stops the node
+    run_node(plan)

@@ -14,7 +14,8 @@ from ..latency_cache import Entry, LatencyCache
 from ..measurer import LatencyTarget, Measurer, Request, TimingSettings
 from .executor import FarmExecutor
 
-DEFAULT_WINDOW = 16   # requests per task: visits spread over the window, a lost node costs at most one
+DEFAULT_WINDOW = 8    # requests per task: visits spread over the window; a lost node costs at most one; small
+                     # enough that the last windows do not leave devices idle (bench/farm_scaling.py)
 
 
 class FarmMeasurer(Measurer):

@@ -10,15 +10,17 @@ small (results are a few kilobytes; a Jetson has little memory to spare).
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from dataclasses import dataclass
 from typing import Any
 
-from ...backends import fingerprint_id
+from ...backends import BACKENDS, fingerprint_id
 from ...errors import MaedetError
-from .connect import check_reachable, import_ray, split_address
+from .connect import check_reachable, import_ray, split_address, version_mismatch
 from .fleet import device_resource
 
+STARTED = "Ray runtime started"      # what `ray start` prints once the node has joined
 DEFAULT_OBJECT_STORE_MB = 128
 MIN_OBJECT_STORE_MB = 80   # Ray refuses less than about 75 MiB
 
@@ -35,7 +37,7 @@ def check_backend(backend: str) -> None:
         except ImportError:
             raise MaedetError("ONNX Runtime is not installed here: pip install onnxruntime", setting="backend") from None
     else:
-        raise MaedetError(f"unknown backend {backend!r} (choose from onnxruntime, tensorrt)", setting="backend")
+        raise MaedetError(f"unknown backend {backend!r} (choose from {', '.join(BACKENDS)})", setting="backend")
 
 
 @dataclass(frozen=True)
@@ -77,3 +79,29 @@ def plan_worker(address: str, device: str, backend: str = "onnxruntime", node_ip
     if node_ip:
         command += ["--node-ip-address", node_ip]
     return WorkerPlan(address, device, backend, fingerprint, command)
+
+
+def run_node(plan: WorkerPlan) -> None:
+    """Run the node in the foreground until it stops. `ray start`'s output is held back until the
+    node has joined, so a failed join is one line (Ray's version mismatch says what to install
+    where), then passed through."""
+    process = subprocess.Popen(plan.command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    held: list[str] | None = []
+    try:
+        for line in process.stdout:
+            if held is None:
+                sys.stdout.write(line)
+                continue
+            held.append(line)
+            if STARTED in line:
+                sys.stdout.write("".join(held))
+                held = None
+    finally:
+        code = process.wait()
+    text = "".join(held or [])
+    if held is not None and "Version mismatch" in text:
+        raise MaedetError(version_mismatch(text, plan.address), setting="address")
+    if held is not None:
+        lines = [line for line in text.splitlines() if line.strip()]
+        raise MaedetError(f"the node did not join (ray start exited with code {code}): "
+                          f"{lines[-1] if lines else 'no output'}", setting="address")
