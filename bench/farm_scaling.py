@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from maedet_deploy.search.evolution import SearchSettings, new_state, run_search
-from maedet_deploy.search.farm import FarmMeasurer, open_farm
+from maedet_deploy.search.farm import DEFAULT_WINDOW, FarmMeasurer, open_farm
 from maedet_deploy.search.farm.executor import deal_windows
 from maedet_deploy.search.farm.local import LocalFarm
 from maedet_deploy.search.latency import LatencyRun, LatencySession, LatencySettings, profile_plan
@@ -157,7 +157,7 @@ def main() -> None:
     parser.add_argument("--scope", default="backbone")
     parser.add_argument("--networks", type=int, default=8)
     parser.add_argument("--whole", type=int, default=4)
-    parser.add_argument("--window", type=int, default=16)
+    parser.add_argument("--window", type=int, default=DEFAULT_WINDOW)
     parser.add_argument("--budget-factor", type=float, default=1.3)
     parser.add_argument("--iterations", type=int, default=2000)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -180,24 +180,34 @@ def measure_all(args) -> tuple:
         one = farm_profile(farm.address, work / "one.sqlite", args)
         farm.add_worker("127.0.0.4", DEVICE, cores="1")
         two = farm_profile(farm.address, work / "two.sqlite", args)
-        keys = [_keys(work / f"{name}.sqlite") for name in ("in", "one", "two")]
+        agreement = _agreement(work)
         travels = what_travels(args)
         search = farm_search(farm.address, work / "two.sqlite", args)
     if search["structure"]:
         (work / "winner.json").write_text(json.dumps(search["structure"]))
         search["in_process_ms"] = in_process(args, work / "winner.sqlite", work / "winner.json")["ms"]
-    return local, windowed, one, two, travels, search, keys[0] == keys[1] == keys[2]
+    return local, windowed, one, two, travels, search, agreement
 
 
-def _keys(path: Path) -> set:
+def _agreement(work: Path) -> dict:
+    """Whether every run filled the same cache rows, and how its latencies compare with the
+    in-process run's (median of the ratios - 1, and the mean absolute difference)."""
     import sqlite3
-    return set(sqlite3.connect(path).execute("SELECT device, target, item FROM latency"))
+    import statistics
+
+    rows = {name: dict(((d, t, i), ms) for d, t, i, ms in sqlite3.connect(work / f"{name}.sqlite").execute(
+        "SELECT device, target, item, latency_ms FROM latency")) for name in ("in", "win", "one", "two")}
+    base = rows["in"]
+    same = all(rows[name].keys() == base.keys() for name in rows)
+    ratios = {name: [rows[name][key] / base[key] - 1 for key in base] for name in ("win", "one", "two")}
+    return {"same_keys": same, **{name: (statistics.median(r), statistics.mean(map(abs, r)))
+                                  for name, r in ratios.items()}}
 
 
-def report(args, local, windowed, one, two, travels, search, same_keys) -> None:
+def report(args, local, windowed, one, two, travels, search, agreement) -> None:
     n = local["measured"]
     print(f"profile: k1kxk1 seed, {args.scope} at {args.image_size}, {args.networks} networks, {args.whole} walks, "
-          f"window {args.window}; {n} measurements, same cache keys in all three runs: {same_keys}")
+          f"window {args.window}; {n} measurements, the same cache rows in all four runs: {agreement['same_keys']}")
     print(f"{'run':<14}{'wall s':>9}{'measured':>10}{'export s':>10}{'timing s':>10}{'join s':>8}")
     rows = (("in process", local, None), ("in windows", windowed, None), ("farm 1 node", *one[::2]),
             ("farm 2 nodes", *two[::2]))
@@ -209,6 +219,9 @@ def report(args, local, windowed, one, two, travels, search, same_keys) -> None:
         print(f"farm at 1 node vs in process ({label}): {1000 * overhead / n:+.1f} ms per measurement, "
               f"{100 * overhead / base['wall_s']:+.1f}% of the in-process time (target <= +5%)")
     print(f"joining the farm (connect + probe): {one[2]:.1f} s once")
+    print("latencies vs the in-process run (median ratio - 1, mean |difference|): " + ", ".join(
+        f"{name} {100 * agreement[key][0]:+.1f}% {100 * agreement[key][1]:.1f}%"
+        for name, key in (("in windows", "win"), ("farm 1 node", "one"), ("farm 2 nodes", "two"))))
     print(f"2 nodes / 1 node wall time: {two[0]['wall_s'] / one[0]['wall_s']:.2f} (target <= 0.6); by node: "
           + ", ".join(f"{label} {row['measured']}" for label, row in two[1]["by_node"].items()))
     print(f"what travels, per request ({travels['requests']} sampled): structure {travels['structure_bytes']:.0f} B; "
