@@ -134,7 +134,7 @@ def test_a_window_past_the_timeout_is_retried_once_then_reported(farm):
     windows = [network_requests([TINY], SIZE, "backbone")]
     with pytest.raises(MaedetError) as error:
         list(executor.run(TARGET, FAST, windows))
-    assert error.value.setting == "farm_timeout_s" and "hung past 0.05 s twice" in error.value.message
+    assert error.value.setting == "farm" and "hung past 0.05 s twice" in error.value.message
     assert windows[0][0].item in error.value.message and executor.timed_out == [windows[0][0].item]
     executor.close()
 
@@ -251,3 +251,14 @@ def test_task_folder_is_removed_on_failure_and_stale_ones_are_swept(tmp_path):
     with task_folder(tmp_path):
         pass
     assert not stale.exists() and alive.exists()
+
+
+def test_windows_mix_cheap_and_costly_requests_and_shrink_for_the_last_round():
+    from maedet_deploy.search.farm.executor import deal_windows
+
+    requests = list(range(79))          # a profile: blocks first, the costly networks last
+    windows = deal_windows(requests, 8, 2)
+    assert sorted(r for window in windows for r in window) == requests
+    assert [len(w) for w in windows] == [8] * 8 + [4, 4, 4, 3]      # the last round shared by 4 windows
+    assert all(max(window) >= 66 for window in windows[:8])          # every full window holds late ones
+    assert deal_windows(requests[:2], 8, 3) == [[0], [1]] and deal_windows([], 8, 2) == []

@@ -11,6 +11,7 @@ the run finishes every other window and then reports the hung requests.
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from collections import defaultdict, deque
@@ -32,12 +33,19 @@ POLL_S = 1.0                 # how often hung windows are looked for and progres
 
 
 def deal_windows(requests: Sequence[Request], most: int, devices: int) -> list[list[Request]]:
-    """`requests` dealt round-robin into the fewest windows of at most `most` whose count is a
-    multiple of `devices`: each device gets as many windows, each window a mix of cheap blocks and
-    costly networks (a profile lists all blocks first), so no device idles at the end."""
-    count = math.ceil(len(requests) / max(1, most))
-    count = max(1, devices) * math.ceil(count / max(1, devices))
-    return [list(requests[start::count]) for start in range(min(count, len(requests)))]
+    """`requests` in windows of `most`, except that what is left for the last round (at most
+    `devices` x `most`) is shared by 2 x `devices` smaller windows, so devices finish close
+    together instead of one measuring a whole window while the others idle. Requests are dealt
+    across the windows (a profile lists all blocks, then the costly networks), so every window
+    holds a mix."""
+    most, devices, total = max(1, most), max(1, devices), len(requests)
+    full = min(total // most, max(0, math.ceil((total - devices * most) / most)))
+    rest = total - full * most
+    tail = min(rest, 2 * devices)
+    sizes = [most] * full + [rest // tail + (index < rest % tail) for index in range(tail)]
+    mixed = [request for start in range(len(sizes)) for request in requests[start::len(sizes)]]
+    cuts = list(itertools.accumulate([0] + sizes))
+    return [mixed[begin:end] for begin, end in zip(cuts, cuts[1:])]
 
 
 class Measured(NamedTuple):
@@ -63,7 +71,7 @@ class FarmExecutor:
     def __init__(self, ray: ModuleType, fleet: Fleet, address: str, owns_connection: bool,
                  timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
         if not timeout_s > 0:
-            raise MaedetError(f"the farm's timeout must be positive, got {timeout_s:g}", setting="farm_timeout_s")
+            raise MaedetError(f"the farm's timeout must be positive, got {timeout_s:g}", setting="farm")
         self.ray = ray
         self.fleet = fleet
         self.address = address
@@ -134,7 +142,7 @@ class FarmExecutor:
             items = [request.item for flight in hung for request in flight.window]
             raise MaedetError(f"{len(items)} measurement(s) hung past {self.timeout_s:g} s twice on the farm at "
                               f"{self.address} and were not measured: {', '.join(items[:3])}"
-                              + (" ..." if len(items) > 3 else ""), setting="farm_timeout_s")
+                              + (" ..." if len(items) > 3 else ""), setting="farm")
 
     def _submit(self, queue: deque, flights: dict, target: LatencyTarget, timing: TimingSettings) -> None:
         """Send windows while devices are free: one task per device in flight, no queue on Ray's side."""
