@@ -21,7 +21,8 @@ from maedet_deploy.errors import MaedetError
 from maedet_deploy.search.farm.local import HEAD_IP, LocalFarm, free_port
 from maedet_deploy.search.farm.task import TEMP_PREFIX, task_folder
 from maedet_deploy.search.latency import LatencySession
-from maedet_deploy.search.measurer import LatencyTarget, TimingSettings, open_measurer
+from maedet_deploy.search.measurer import (LatencyTarget, TimingSettings, block_requests, network_requests,
+                                           open_measurer)
 
 SIZE = (64, 64)
 FAST = TimingSettings(visits=2, round_s=0.01, min_iterations=3, patience=0.0)
@@ -82,9 +83,8 @@ def test_a_killed_node_loses_nothing_and_counts_nothing_twice(farm, tmp_path):
     executor = open_farm(farm.address, DEVICE)
     assert len(executor.fleet.nodes) == 3
     measurer = FarmMeasurer(executor, str(tmp_path / "c.sqlite"), TARGET, FAST)
-    requests = plan_session(measurer).plan
-    from maedet_deploy.search.measurer import block_requests, network_requests
-    requests = block_requests(requests.blocks) + network_requests(requests.networks, SIZE, "backbone")
+    plan = plan_session(measurer).plan
+    requests = block_requests(plan.blocks[:9]) + network_requests(plan.networks[:3], SIZE, "backbone")
     windows = [requests[start:start + 2] for start in range(0, len(requests), 2)]
     victim, killed, seen = "127.0.0.5", False, []
     for measured in executor.run(measurer.target, FAST, windows):
@@ -106,7 +106,6 @@ def test_a_killed_node_loses_nothing_and_counts_nothing_twice(farm, tmp_path):
 
 def test_a_node_with_another_fingerprint_is_refused_by_name(farm):
     from maedet_deploy.search.farm import open_farm
-    from maedet_deploy.search.measurer import network_requests
 
     if len(os.sched_getaffinity(0)) < 2:
         pytest.skip("pinning a node to one core changes its fingerprint only on a machine with several")
@@ -119,7 +118,7 @@ def test_a_node_with_another_fingerprint_is_refused_by_name(farm):
     assert all("127.0.0.5" in line and "did not answer" in line for line in lines if line not in pinned)
     assert all("127.0.0.6" not in node.label for node in executor.fleet.nodes)
     assert executor.report()["refused"] == lines and "\n" not in "".join(lines)
-    windows = [network_requests([TINY], (32 + 8 * i, 32), "backbone") for i in range(4)]
+    windows = [network_requests([TINY], (32 + 8 * i, 32), "backbone") for i in range(2)]
     labels = {measured.node for measured in executor.run(TARGET, FAST, windows)}
     assert labels and all("127.0.0.6" not in label for label in labels)
     farm.kill("127.0.0.6")
@@ -128,7 +127,6 @@ def test_a_node_with_another_fingerprint_is_refused_by_name(farm):
 
 def test_a_window_past_the_timeout_is_retried_once_then_reported(farm):
     from maedet_deploy.search.farm import open_farm
-    from maedet_deploy.search.measurer import network_requests
 
     executor = open_farm(farm.address, DEVICE, timeout_s=0.05)
     windows = [network_requests([TINY], SIZE, "backbone")]
@@ -202,7 +200,8 @@ def test_without_ray_the_in_process_path_works_and_the_farm_says_what_to_install
         import importlib.util
         assert importlib.util.find_spec("ray") is None
         from nets import TINY
-        from maedet_deploy.search.measurer import LatencyTarget, TimingSettings, open_measurer
+        from maedet_deploy.search.measurer import (LatencyTarget, TimingSettings, block_requests, network_requests,
+                                           open_measurer)
         measurer = open_measurer(LatencyTarget(threads=1), {str(tmp_path / "c.sqlite")!r},
                                  TimingSettings(visits=1, round_s=0.01, patience=0.0))
         print("in-process ms", measurer.networks([TINY], (32, 32), "backbone")[0] > 0)
