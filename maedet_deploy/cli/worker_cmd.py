@@ -22,12 +22,8 @@ def worker(
 ) -> None:
     """Check this device can measure, fingerprint it and start a Ray node that offers it to the farm.
 
-    The node advertises the Ray resource maedet:<device>:<fingerprint> with capacity 1, so it runs one
-    measurement at a time, and takes no other Ray work. A search with --farm sends its measurements
-    to the devices of one kind whose fingerprint (CPU, GPU, driver, TensorRT/ONNX Runtime versions,
-    cores) is the fleet's; a node that differs is refused by name. Runs in the foreground: Ctrl-C
-    (or stopping the service) takes the device out of the farm. Every node needs the same Ray and
-    Python as the head: install with pip install 'maedet-deploy[farm]'.
+    The node advertises the Ray resource maedet:<device>:<fingerprint> with capacity 1, so it runs one measurement at a time and takes no other Ray work. Searches that measure on the farm send their measurements to the devices of one kind whose fingerprint (CPU, cores, GPU, driver, TensorRT/ONNX Runtime versions) is the fleet's; a node that differs is refused by name. Runs in the foreground: Ctrl-C (or stopping the service) takes the device out of the farm. Every node needs the same Ray and Python as the head: pip install 'maedet-deploy\\[farm]' pins Ray.
+
     Example: maedet-deploy worker --address 10.0.0.5:6379 --device orin-nx --backend tensorrt
     """
     from ..search.farm.worker import plan_worker, run_node
