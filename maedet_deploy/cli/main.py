@@ -8,7 +8,8 @@ import typer
 from rich.markup import escape
 
 from ..errors import MaedetError
-from . import calibrate_cmd, deploy_cmds, export_cmd, pipeline_cmd, profile_cmd, search_cmd, structure_cmds
+from . import (calibrate_cmd, deploy_cmds, export_cmd, pipeline_cmd, profile_cmd, search_cmd, structure_cmds,
+               worker_cmd)
 from .common import command_help, err_console, usual_metavars
 
 app = typer.Typer(
@@ -21,7 +22,7 @@ app = typer.Typer(
 )
 for command in (structure_cmds.info, structure_cmds.zoo, search_cmd.search, profile_cmd.profile, export_cmd.export,
                 deploy_cmds.build, deploy_cmds.bench, deploy_cmds.compare, calibrate_cmd.calibrate,
-                pipeline_cmd.pipeline):
+                pipeline_cmd.pipeline, worker_cmd.worker):
     app.command(help=command_help(command))(command)
 
 
