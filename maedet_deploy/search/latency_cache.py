@@ -91,7 +91,7 @@ class LatencyCache:
                     raise MaedetError(f"latency cache {self.path} stayed locked by another process for "
                                       f"{BUSY_TIMEOUT_S:g} s") from None
                 raise MaedetError(f"latency cache {self.path} is corrupt or not a cache ({first_line(exc)}); "
-                                  "move it away or pass another --latency-cache") from None
+                                  "move it away or use another cache file", setting="latency_cache") from None
 
     def _open(self, fingerprint: dict[str, Any]) -> None:
         """Check before writing anything: a foreign or damaged file stays untouched."""
