@@ -26,11 +26,11 @@ def profile(
     threads: LatencyThreadsOption = None,
     init: InitOption = "maedet-seed",
     max_channels: MaxChannelsOption = 2048,
-    profile_walks: WalksOption = 12,
+    profile_walks: WalksOption = LatencySettings.profile_walks,
     quiet_wait: QuietWaitOption = 10.0,
     latency_cache: LatencyCacheOption = None,
-    measure_memory_mb: MemoryOption = 512.0,
-    measure_disk_mb: DiskOption = 1024.0,
+    measure_memory_mb: MemoryOption = MeasureLimits.memory_mb,
+    measure_disk_mb: DiskOption = MeasureLimits.disk_mb,
     json_output: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
     """Measure what a latency search of this space needs, so searches start at once.

@@ -69,9 +69,9 @@ def search(
                                                           "whole, predictor corrected).")] = 40,
     latency_cache: LatencyCacheOption = None,
     quiet_wait: QuietWaitOption = 10.0,
-    profile_walks: WalksOption = 12,
-    measure_memory_mb: MemoryOption = 512.0,
-    measure_disk_mb: DiskOption = 1024.0,
+    profile_walks: WalksOption = LatencySettings.profile_walks,
+    measure_memory_mb: MemoryOption = MeasureLimits.memory_mb,
+    measure_disk_mb: DiskOption = MeasureLimits.disk_mb,
 ) -> None:
     """Evolve backbones that maximise the multi-scale entropy under FLOPs/params/layers/latency budgets.
 

@@ -27,11 +27,13 @@ _NOISE = np.random.default_rng(0).standard_normal(1 << 16).astype(np.float32)
 @dataclass(frozen=True)
 class CompactModel:
     """`graph`: the serialized model with its large float initializers emptied; `weights`: their
-    names; `weight_bytes`: what they take once regenerated (what a loaded runner holds)."""
+    names; `weight_bytes`: what they take once regenerated; `activation_bytes`: the largest
+    inputs + outputs of one node (a loaded runner's working memory grows with it)."""
 
     graph: bytes
     weights: frozenset[str]
     weight_bytes: int
+    activation_bytes: int
 
     @property
     def nbytes(self) -> int:
@@ -49,7 +51,20 @@ def compact_model(path: str | Path) -> CompactModel:
             weight_bytes += 4 * count
             init.ClearField("raw_data")
             init.ClearField("float_data")
-    return CompactModel(model.SerializeToString(), frozenset(names), weight_bytes)
+    return CompactModel(model.SerializeToString(), frozenset(names), weight_bytes, _largest_activation(model))
+
+
+def _largest_activation(model: onnx.ModelProto) -> int:
+    """Bytes of the largest inputs + outputs of any node (float32 tensors of known shape)."""
+    inferred = onnx.shape_inference.infer_shapes(model)
+    sizes = {}
+    for value in (*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output):
+        dims = [d.dim_value for d in value.type.tensor_type.shape.dim]
+        if dims and all(dims):
+            sizes[value.name] = 4 * math.prod(dims)
+    constants = {init.name for init in model.graph.initializer}
+    return max((sum(sizes.get(name, 0) for name in (*node.input, *node.output) if name not in constants)
+                for node in inferred.graph.node), default=0)
 
 
 def _weights(dims: list[int]) -> bytes:
@@ -57,7 +72,9 @@ def _weights(dims: list[int]) -> bytes:
     activations stay in the normal float range through deep random networks."""
     count = math.prod(dims)
     fan_in = math.prod(dims[1:]) if len(dims) > 1 else count
-    return (np.resize(_NOISE, count) * np.float32(math.sqrt(2.0 / max(1, fan_in)))).tobytes()
+    values = np.resize(_NOISE, count)
+    values *= np.float32(math.sqrt(2.0 / max(1, fan_in)))
+    return values.tobytes()
 
 
 def materialize(compact: CompactModel) -> bytes:

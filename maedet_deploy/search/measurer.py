@@ -5,7 +5,7 @@
 writes each measurement to the cache the moment the executor returns it, so a
 killed run loses only the window in flight. A cached measurement marked
 contended (it never got quiet visits) is not final: the next measurer that
-needs it measures it again.
+needs it measures it again (once: what a measurer measured itself is final for it).
 
 The plug-in point for measuring elsewhere (a device farm):
 
@@ -13,11 +13,12 @@ The plug-in point for measuring elsewhere (a device farm):
         def run(self, target: LatencyTarget, timing: TimingSettings, limits: MeasureLimits,
                 windows: Sequence[Sequence[Request]], progress: Progress | None
                 ) -> Iterator[tuple[Request, Entry]]: ...
+        def close(self) -> None: ...
 
 An executor measures the windows' requests (with `window.measure_window`, in
 this process or another) and yields (request, entry) as each completes, in any
 order; it touches no cache. `InProcessExecutor` is the default and needs
-nothing else. Everything it is given pickles.
+nothing else. Everything it is given pickles; `close` ends what it started.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from ..structure import Block, Structure
 from .latency_cache import Entry, LatencyCache
 from .requests import Request, block_requests, network_requests
 from .target import LatencyTarget, MeasureLimits, TimingSettings
+from .exporter import Exporter
 from .window import measure_window
 
 
@@ -37,14 +39,25 @@ class Executor(Protocol):
     def run(self, target: LatencyTarget, timing: TimingSettings, limits: MeasureLimits,
             windows: Sequence[Sequence[Request]], progress: Progress | None) -> Iterator[tuple[Request, Entry]]: ...
 
+    def close(self) -> None: ...
+
 
 class InProcessExecutor:
-    """Measures in this process, one window after another (never two things at once: timing two
-    things together would measure their contention)."""
+    """Times in this process, one window after another (never two things at once: timing two things
+    together would measure their contention); its export process lives until `close`."""
+
+    def __init__(self) -> None:
+        self.exporter: Exporter | None = None
 
     def run(self, target: LatencyTarget, timing: TimingSettings, limits: MeasureLimits,
             windows: Sequence[Sequence[Request]], progress: Progress | None) -> Iterator[tuple[Request, Entry]]:
-        return measure_window(target, timing, [r for window in windows for r in window], limits, progress)
+        self.exporter = self.exporter or Exporter(overlaps=target.backend != "onnxruntime")
+        return measure_window(target, timing, [r for window in windows for r in window], limits, progress,
+                              self.exporter)
+
+    def close(self) -> None:
+        if self.exporter is not None:
+            self.exporter.close()
 
 
 @dataclass
@@ -93,8 +106,10 @@ class Measurer:
         self.executor = executor or InProcessExecutor()
         self.counters = MeasureCounters()
         self.contended: set[str] = set()   # items measured while other programs held the CPU
+        self.measured_here: set[str] = set()   # final for this measurer, contended or not
 
     def close(self) -> None:
+        self.executor.close()
         self.cache.close()
 
     def blocks(self, placed: Sequence[tuple[Block, int, int]], progress: Progress | None = None) -> list[float]:
@@ -108,7 +123,8 @@ class Measurer:
         """Latency (ms) of each request: from the cache, else measured; each new measurement is in
         the cache as soon as it is returned. Progress counts exports and visits."""
         found = self.cache.get_many(r.item for r in requests)
-        stale = {item for item, entry in found.items() if entry.details.get("contended")}
+        stale = {item for item, entry in found.items()
+                 if entry.details.get("contended") and item not in self.measured_here}
         missing = list({r.item: r for r in requests if r.item not in found or r.item in stale}.values())
         self.counters.cached += len({r.item for r in requests}) - len(missing)
         self.counters.remeasured += len(stale)
@@ -116,6 +132,7 @@ class Measurer:
         windows = [missing[start:start + size] for start in range(0, len(missing), size)]
         for request, entry in self.executor.run(self.target, self.timing, self.limits, windows, progress):
             self.cache.put(request.item, entry)
+            self.measured_here.add(request.item)
             self.counters.add(entry)
             found[request.item] = entry
         for request in requests:

@@ -117,7 +117,7 @@ class MeasureLimits:
     where they go (default: the system's)."""
 
     window: int = 48
-    memory_mb: float = 512.0
+    memory_mb: float = 640.0
     disk_mb: float = 1024.0
     temp_dir: str | None = None
 

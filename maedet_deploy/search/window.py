@@ -16,8 +16,8 @@ Bounded resources: each exported model is read into a compact form (its graph
 without the weights' bytes, `compact`) and its file deleted at once, so
 temporary disk holds one model at a time; models are kept loaded between
 visits while their weights fit `MeasureLimits.memory_mb`, the rest are rebuilt
-for every visit. The temporary folder is removed on every path, and a small
-janitor process removes it if this process is killed.
+for every visit. The temporary folder is removed on every path, and by a small
+janitor process if this process is killed (`tempfiles`).
 
 `measure_window` touches no cache and takes only plain values, so it runs in
 any process (the in-process measurer, or a worker of a device farm); each
@@ -27,12 +27,10 @@ request's entry is yielded as soon as its visits are done.
 from __future__ import annotations
 
 import math
-import os
-import shutil
-import subprocess
-import tempfile
 import time
 from collections import deque
+from concurrent.futures import Future, wait
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,32 +40,19 @@ import numpy as np
 
 from ..errors import MaedetError
 from ..progress import Progress
-from .compact import CompactModel, compact_model, materialize
+from .compact import CompactModel, materialize
+from .exporter import Exporter, trim_heap
 from .latency_cache import Entry
-from .requests import NECK_CHANNELS, Request
+from .requests import Request
 from .target import PROTOCOL, LatencyTarget, MeasureLimits, TimingSettings
+from .tempfiles import temporary_folder
 
 MB = 2 ** 20
-HELD_PER_WEIGHT_BYTE = 2.0    # a loaded ONNX Runtime session holds its weights about twice (prepacked copies)
-
-
-@contextmanager
-def temporary_folder(limits: MeasureLimits) -> Iterator[Path]:
-    """A private folder for exports, removed when the block ends, and by a janitor process
-    (`sh`, waiting for this process's end of a pipe to close) if this process is killed."""
-    folder = Path(tempfile.mkdtemp(prefix="maedet-latency-", dir=limits.temp_dir))
-    janitor = None
-    if os.name == "posix" and shutil.which("sh"):
-        janitor = subprocess.Popen(["sh", "-c", 'cat >/dev/null; rm -rf "$0"', str(folder)],
-                                   stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                   start_new_session=True)
-    try:
-        yield folder
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
-        if janitor is not None:
-            janitor.stdin.close()
-            janitor.wait()
+# A loaded ONNX Runtime session's memory, estimated from its model (measured at 320 px: 1.2-1.5 bytes
+# per weight byte, 2-5 per byte of the largest node's activations, a few MB besides).
+HELD_PER_WEIGHT_BYTE = 1.5
+HELD_PER_ACTIVATION_BYTE = 3.0
+HELD_FIXED_MB = 4.0
 
 
 @dataclass
@@ -92,7 +77,10 @@ class _Timed:
 
     @property
     def held_mb(self) -> float:
-        return HELD_PER_WEIGHT_BYTE * self.model.weight_bytes / MB
+        """Estimated memory of this thing's runner while it is loaded."""
+        model = self.model
+        return (HELD_PER_WEIGHT_BYTE * model.weight_bytes + HELD_PER_ACTIVATION_BYTE * model.activation_bytes) / MB \
+            + HELD_FIXED_MB
 
 
 def _median_ms(timings) -> float:
@@ -119,28 +107,26 @@ class _Window:
         if self.progress:
             self.progress(self.steps[0], max(self.steps), item)
 
-    def export(self, request: Request) -> _Timed:
-        from ..export import export_structure_onnx
-
-        path = self.folder / "model.onnx"
+    def received(self, request: Request, future: Future) -> _Timed:
+        """A finished export, as a thing to time (its file is gone already)."""
         try:
-            report = export_structure_onnx(request.structure, path, request.image_size, batch=self.target.batch,
-                                           scope=request.scope, neck_channels=NECK_CHANNELS)
-            file_mb = path.stat().st_size / MB
-            self.peak_temp_mb = max(self.peak_temp_mb, file_mb)
-            if file_mb > self.limits.disk_mb:
-                raise MaedetError(f"{request.item} exports to {file_mb:.0f} MB, over the {self.limits.disk_mb:g} MB "
-                                  "of temporary disk allowed", setting="measure_disk_mb")
-            model = compact_model(path)
-        finally:
-            path.unlink(missing_ok=True)
+            exported = future.result()
+        except BrokenProcessPool:
+            raise MaedetError("the export process died (out of memory?) while exporting "
+                              f"{request.item}") from None
+        self.peak_temp_mb = max(self.peak_temp_mb, exported.file_mb)
+        if exported.file_mb > self.limits.disk_mb:
+            raise MaedetError(f"{request.item} exports to {exported.file_mb:.0f} MB, over the {self.limits.disk_mb:g} "
+                              "MB of temporary disk allowed", setting="measure_disk_mb")
         self.step(request.item)
-        return _Timed(request, model, report.seconds, file_mb)
+        return _Timed(request, exported.model, exported.export_s, exported.file_mb)
 
     def plan_memory(self, things: Sequence[_Timed]) -> None:
-        """Keep loaded, in order, the things whose weights still fit the memory limit."""
+        """Keep loaded what fits the memory limit, those dearest to reload first (most weights per MB
+        held: rebuilding a model costs time in proportion to its weights, while a block at a high
+        resolution holds mostly activations and reloads in milliseconds)."""
         room = self.limits.memory_mb
-        for thing in things:
+        for thing in sorted(things, key=lambda t: -t.model.weight_bytes / t.held_mb):
             thing.keep = thing.held_mb <= room
             room -= thing.held_mb if thing.keep else 0.0
 
@@ -164,11 +150,20 @@ class _Window:
         thing.settings = thing.runner.settings
         thing.load_s += time.perf_counter() - begin
 
+    def again(self, things: list[_Timed]) -> list[_Timed]:
+        """Things short of quiet visits, ready to be timed afresh in a later window."""
+        self.steps[1] += len(things) * self.timing.visits
+        for thing in things:
+            thing.attempt += 1
+            thing.visits.clear()
+        return list(things)
+
     @staticmethod
     def unload(thing: _Timed) -> None:
         if thing.runner is not None:
             thing.runner.close()
-        thing.runner = thing.feed = None
+            thing.runner = thing.feed = None
+            trim_heap()
 
     def visit(self, thing: _Timed, held_mb: float) -> None:
         from ..bench.measure import time_loop
@@ -244,31 +239,70 @@ class _Window:
             yield thing
 
 
+class _Exports:
+    """The requests still to export, and those exported (or exporting) ahead of their window."""
+
+    def __init__(self, window: _Window, exporter: Exporter, requests: Sequence[Request]) -> None:
+        self.window, self.exporter = window, exporter
+        self.queue = deque(requests)
+        self.ahead: deque[tuple[Request, Future]] = deque()
+
+    def __bool__(self) -> bool:
+        return bool(self.queue or self.ahead)
+
+    def fill(self, count: int) -> None:
+        """Start exports until `count` are ahead; wait for each unless the exporter may overlap timing."""
+        while self.queue and len(self.ahead) < count:
+            request = self.queue.popleft()
+            future = self.exporter.submit(request, self.window.folder, self.window.target.batch)
+            self.ahead.append((request, future))
+            if not self.exporter.overlaps:
+                wait([future])
+
+    def take(self, count: int) -> list[_Timed]:
+        self.fill(count)
+        return [self.window.received(*self.ahead.popleft()) for _ in range(min(count, len(self.ahead)))]
+
+
+@contextmanager
+def _exporter_for(target: LatencyTarget, exporter: Exporter | None) -> Iterator[Exporter]:
+    """The caller's exporter, or one for this call (exporting beside the timing on a GPU target)."""
+    if exporter is not None:
+        yield exporter
+        return
+    own = Exporter(overlaps=target.backend != "onnxruntime")
+    try:
+        yield own
+    finally:
+        own.close()
+
+
 def measure_window(target: LatencyTarget, timing: TimingSettings, requests: Sequence[Request],
-                   limits: MeasureLimits | None = None, progress: Progress | None = None
-                   ) -> Iterator[tuple[Request, Entry]]:
+                   limits: MeasureLimits | None = None, progress: Progress | None = None,
+                   exporter: Exporter | None = None) -> Iterator[tuple[Request, Entry]]:
     """Export and time `requests`, `limits.window` at a time, and yield (request, entry) as each
     is done. Things still short of quiet visits are timed again in a later window
-    (`timing.retries` times) before they are yielded as contended. Touches no cache."""
+    (`timing.retries` times) before they are yielded as contended. Touches no cache. Exports run
+    in `exporter`'s child process (one for this call if not given)."""
     limits = limits or MeasureLimits()
     requests = list(requests)
     if not requests:
         return
-    with temporary_folder(limits) as folder:
+    with temporary_folder(limits.temp_dir) as folder, _exporter_for(target, exporter) as exports_by:
         window = _Window(target, timing, limits, folder, len(requests), progress)
-        queue, ready, retry = deque(requests), deque(), []
+        exports, retry = _Exports(window, exports_by, requests), []
         per_pass = math.ceil(limits.window / timing.visits)
 
-        def export_ahead(count: int) -> None:
-            while queue and len(ready) < count:
-                ready.append(window.export(queue.popleft()))
-
         def between_passes() -> None:
-            export_ahead(min(limits.window, len(ready) + per_pass))
+            exports.fill(min(limits.window, len(exports.ahead) + per_pass))
 
-        export_ahead(limits.window)
-        while ready:
-            things = [ready.popleft() for _ in range(min(limits.window, len(ready)))]
+        while exports or retry:
+            if exports:
+                things = exports.take(limits.window)
+            else:
+                things, retry = window.again(retry[:limits.window]), retry[limits.window:]
+            if exports_by.overlaps:
+                exports.fill(limits.window)
             groups = [things] if timing.spread else [[thing] for thing in things]
             for group in groups:
                 for thing in window.time(group, between_passes):
@@ -276,11 +310,3 @@ def measure_window(target: LatencyTarget, timing: TimingSettings, requests: Sequ
                         retry.append(thing)
                     else:
                         yield thing.request, window.entry(thing)
-            export_ahead(limits.window)
-            if not ready and not queue and retry:
-                window.steps[1] += len(retry) * timing.visits
-                for thing in retry:
-                    thing.attempt += 1
-                    thing.visits.clear()
-                ready.extend(retry)
-                retry.clear()
