@@ -80,7 +80,8 @@ class TimingSettings:
     seconds, then they are set aside and measured again `retries` times in a later
     window; what is still short after that is kept with the best visit and marked
     contended (left out of every fit, and measured again by the next search that
-    needs it). `min_gap_s` holds passes apart for small windows."""
+    needs it). With no patience (never wait), nothing is timed again either.
+    `min_gap_s` holds passes apart for small windows."""
 
     visits: int = 5
     round_s: float = 0.1
@@ -98,6 +99,11 @@ class TimingSettings:
             raise MaedetError("timing needs >= 1 visit, a positive round, >= 1 iteration per round and >= 0 retries")
         if self.patience < 0:
             raise MaedetError(f"must be >= 0 seconds, got {self.patience:g}", setting="quiet_wait")
+
+    @property
+    def attempts(self) -> int:
+        """Times a thing short of quiet visits is timed in all."""
+        return 1 + (self.retries if self.patience > 0 else 0)
 
     @classmethod
     def for_backend(cls, backend: str, **overrides: Any) -> "TimingSettings":

@@ -282,7 +282,7 @@ def measure_window(target: LatencyTarget, timing: TimingSettings, requests: Sequ
                    exporter: Exporter | None = None) -> Iterator[tuple[Request, Entry]]:
     """Export and time `requests`, `limits.window` at a time, and yield (request, entry) as each
     is done. Things still short of quiet visits are timed again in a later window
-    (`timing.retries` times) before they are yielded as contended. Touches no cache. Exports run
+    (`timing.attempts` in all) before they are yielded as contended. Touches no cache. Exports run
     in `exporter`'s child process (one for this call if not given)."""
     limits = limits or MeasureLimits()
     requests = list(requests)
@@ -306,7 +306,7 @@ def measure_window(target: LatencyTarget, timing: TimingSettings, requests: Sequ
             groups = [things] if timing.spread else [[thing] for thing in things]
             for group in groups:
                 for thing in window.time(group, between_passes):
-                    if len(thing.quiet(timing.quiet)) < timing.visits and thing.attempt < timing.retries:
+                    if len(thing.quiet(timing.quiet)) < timing.visits and thing.attempt + 1 < timing.attempts:
                         retry.append(thing)
                     else:
                         yield thing.request, window.entry(thing)
