@@ -194,3 +194,28 @@ def test_an_executor_measures_in_another_process_and_each_entry_is_committed_as_
     assert far.measure(REQUESTS) == values and far.counters.measured == len(REQUESTS)
     far.close()
     near.close()
+
+
+def test_a_prior_from_another_target_is_scaled_by_a_few_measurements_here(tmp_path):
+    """LitePred-style: the plan measured on another target (here one thread instead of two) fits a
+    predictor; this target measures only the seed and three walks, and scales it to them."""
+    from maedet_deploy.search.session import PRIOR_WALKS, LatencySession
+
+    prior = str(tmp_path / "other.sqlite")
+    there = open_measurer(TARGET, prior, STEADY)
+    full = LatencySession(there, "k1kxk1", TINY, SIZE, "backbone", walks=5)
+    full.prepare()
+    there.close()
+    here = open_measurer(LatencyTarget(threads=2), str(tmp_path / "here.sqlite"), STEADY)
+    session = LatencySession(here, "k1kxk1", TINY, SIZE, "backbone", walks=5, prior_cache=prior)
+    predictor = session.prepare()
+    assert session.plan.networks == full.plan.networks[:1 + PRIOR_WALKS]
+    assert here.counters.measured == len(session.plan.blocks) + len(session.plan.networks) < \
+        len(full.plan.blocks) + len(full.plan.networks)
+    assert len(predictor.prior_blocks) == len(full.plan.blocks) and session.prior.source.endswith(TARGET.cache_key())
+    unseen = [s for s in full.plan.networks if s not in session.plan.networks]
+    assert all(predictor.predict(s) > 0 for s in unseen)
+    with pytest.raises(MaedetError, match="no measurements of this profile plan") as raised:
+        LatencySession(here, "k1kxk1", TINY, SIZE, "backbone", walks=5, prior_cache=str(tmp_path / "here.sqlite"))
+    assert raised.value.setting == "latency_prior"
+    here.close()

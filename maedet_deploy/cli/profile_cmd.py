@@ -13,7 +13,7 @@ from ..structure.cost import as_hw
 from ..zoo import resolve_structure
 from .common import LatencyCacheOption, LatencyThreadsOption, QuietWaitOption, console, parse_image_size, print_json
 from .search_cmd import (BackendOption, BatchOption, DiskOption, InitOption, MaxChannelsOption, MemoryOption,
-                         PrecisionOption, ScopeOption, WalksOption)
+                         PrecisionOption, PriorOption, ScopeOption, WalksOption)
 
 
 def profile(
@@ -31,6 +31,7 @@ def profile(
     latency_cache: LatencyCacheOption = None,
     measure_memory_mb: MemoryOption = MeasureLimits.memory_mb,
     measure_disk_mb: DiskOption = MeasureLimits.disk_mb,
+    latency_prior: PriorOption = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
     """Measure what a latency search of this space needs, so searches start at once.
@@ -40,7 +41,8 @@ def profile(
     Example: maedet-deploy profile --image-size 320 --latency-scope detector
     """
     settings = LatencySettings(float("inf"), LatencyTarget(backend, precision, batch, threads), latency_scope,
-                               latency_cache=latency_cache, profile_walks=profile_walks)
+                               latency_cache=latency_cache, profile_walks=profile_walks,
+                               latency_prior=latency_prior)
     with Progress(TextColumn("[bold]profile"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
                   TimeElapsedColumn(), console=console, transient=False, disable=json_output) as progress:
         task = progress.add_task("profile", total=None, info="")

@@ -32,6 +32,7 @@ WalksOption = Annotated[int, typer.Option(help="Mutation walks from the seed the
                                                "each measured whole and block by block.")]
 MemoryOption = Annotated[float, typer.Option(help="MB of models kept loaded between visits while measuring latency; "
                                                   "the others are rebuilt from their graph for every visit.")]
+PriorOption = Annotated[Optional[str], typer.Option(help="A latency cache holding another device's (or target's) profile of the same space, seed, image size and scope: its predictor is scaled by the seed and 3 walks measured here instead of the whole profile.")]
 DiskOption = Annotated[float, typer.Option(help="MB of temporary disk for exported models while measuring latency "
                                                 "(one model at a time, removed at once).")]
 
@@ -72,6 +73,7 @@ def search(
     profile_walks: WalksOption = LatencySettings.profile_walks,
     measure_memory_mb: MemoryOption = MeasureLimits.memory_mb,
     measure_disk_mb: DiskOption = MeasureLimits.disk_mb,
+    latency_prior: PriorOption = None,
 ) -> None:
     """Evolve backbones that maximise the multi-scale entropy under FLOPs/params/layers/latency budgets.
 
@@ -84,7 +86,8 @@ def search(
                               fine_after=fine_after, max_channels=max_channels)
     latency = None if latency_ms is None else LatencySettings(
         latency_ms, LatencyTarget(backend, precision, batch, threads), latency_scope, verify_top, latency_check_every,
-        latency_cache=latency_cache, profile_walks=profile_walks)
+        latency_cache=latency_cache, profile_walks=profile_walks,
+        latency_prior=latency_prior)
     job = SearchJob(out, settings, resolve_structure(init), cost_budgets(flops=flops, params=params, layers=layers),
                     latency, TimingSettings.for_backend(backend, patience=quiet_wait), workers, checkpoint_every,
                     resume, top_k, MeasureLimits(memory_mb=measure_memory_mb, disk_mb=measure_disk_mb),

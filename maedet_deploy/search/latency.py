@@ -43,6 +43,7 @@ class LatencySettings:
     check_top: int = 2                # members measured whole per check
     latency_cache: str | None = None
     profile_walks: int = 12
+    latency_prior: str | None = None  # a cache holding another device's or target's profile of this plan
     cache_path: InitVar[str | None] = None
     plan_networks: InitVar[int | None] = None
     plan_whole: InitVar[int | None] = None
@@ -65,7 +66,7 @@ class LatencySettings:
         """As the report and the checkpoint record them (`limit_ms`: the budget, as reports always named it)."""
         return {"limit_ms": self.latency_ms, "target": self.target.key(), "scope": self.latency_scope,
                 "verify_top": self.verify_top, "check_every": self.latency_check_every, "check_top": self.check_top,
-                "profile_walks": self.profile_walks}
+                "profile_walks": self.profile_walks, "latency_prior": self.latency_prior}
 
 
 @dataclass(frozen=True)
@@ -151,7 +152,7 @@ class LatencyRun:
         self.settings = settings
         self.measurer: Measurer = open_measurer(settings.target, settings.latency_cache, timing, limits, executor)
         self.session = LatencySession(self.measurer, space, init, image_size, settings.latency_scope, max_channels,
-                                      settings.profile_walks)
+                                      settings.profile_walks, settings.latency_prior)
         self.seed_ms: float | None = None
         self.budget: LatencyBudget | None = None
         self.guard: LatencyGuard | None = None

@@ -159,13 +159,14 @@ class LatencyPredictor:
     margin: float = 0.0
     measured_blocks: dict[tuple, float] = field(default_factory=dict)
     measured_networks: dict[tuple, float] = field(default_factory=dict)
+    prior_blocks: dict[tuple, float] = field(default_factory=dict)   # another target's, scaled to this one
     _memo: dict[tuple, float] = field(default_factory=dict, repr=False)
 
     def block_ms(self, block: Block, height: int, width: int) -> float:
         key = (block.key(), height, width)
         value = self._memo.get(key)
         if value is None:
-            value = self.measured_blocks.get(key)
+            value = self.measured_blocks.get(key, self.prior_blocks.get(key))
             if value is None:
                 value = float(block_features(block, height, width, self.batch) @ self.coef)
             self._memo[key] = value
@@ -218,13 +219,14 @@ class LatencyPredictor:
             predicted = rows[:, :terms] @ np.array(correction)
             margin = max(0.0, float(np.quantile(measured / predicted - 1.0, 0.9)))
         return LatencyPredictor(self.image_size, self.scope, self.batch, self.coef, correction, margin,
-                                self.measured_blocks, {s.key(): ms for s, ms in networks})
+                                self.measured_blocks, {s.key(): ms for s, ms in networks}, self.prior_blocks)
 
     def to_dict(self) -> dict:
         names = ["scale", "offset_ms", "ms_per_lateral_mmac"][:len(self.correction)]
         return {"coefficients_ms": {name: float(c) for name, c in zip(FEATURES, self.coef)},
                 "correction": dict(zip(names, self.correction)), "margin": self.margin,
-                "measured_blocks": len(self.measured_blocks), "measured_networks": len(self.measured_networks)}
+                "measured_blocks": len(self.measured_blocks), "measured_networks": len(self.measured_networks),
+                "prior_blocks": len(self.prior_blocks)}
 
 
 def build_predictor(image_size: tuple[int, int], scope: str, batch: int,
@@ -238,3 +240,18 @@ def build_predictor(image_size: tuple[int, int], scope: str, batch: int,
     base = LatencyPredictor(image_size, scope, batch, fit_blocks(features, latency),
                             measured_blocks={(b.key(), h, w): ms for b, h, w, ms in blocks})
     return base.with_correction(networks)
+
+
+def adapt_predictor(source: LatencyPredictor, blocks: Sequence[tuple[Block, int, int, float]]) -> LatencyPredictor:
+    """A predictor fitted on another device or target (`source`), scaled to this one by a handful
+    of blocks measured here, the way LitePred adapts to a new device from a few samples: one
+    scale, fitted by relative least squares, on the source's regression and its measured blocks;
+    the blocks measured here are looked up exactly. The correction is fitted afterwards, here."""
+    if not blocks:
+        raise ValueError("adapting a predictor needs blocks measured on this target")
+    there = np.array([source.block_ms(b, h, w) for b, h, w, _ in blocks])
+    here = np.array([ms for *_, ms in blocks])
+    scale = float(np.sum(there / here) / np.sum((there / here) ** 2))
+    return LatencyPredictor(source.image_size, source.scope, source.batch, scale * source.coef,
+                            measured_blocks={(b.key(), h, w): ms for b, h, w, ms in blocks},
+                            prior_blocks={key: scale * ms for key, ms in source.measured_blocks.items()})

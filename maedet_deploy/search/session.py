@@ -8,11 +8,13 @@ import time
 from dataclasses import dataclass
 from typing import Sequence
 
+from ..errors import MaedetError
 from ..progress import Progress
 from ..structure import Structure
 from .measurer import Measurer
 from .plan import ProfilePlan, profile_plan
-from .predictor import LatencyPredictor, build_predictor, cross_validated_errors
+from .latency_cache import PriorRows, read_prior
+from .predictor import LatencyPredictor, adapt_predictor, build_predictor, cross_validated_errors
 from .requests import block_item, block_requests, network_item, network_requests
 
 
@@ -41,16 +43,29 @@ class ErrorSummary:
         return dict(self.__dict__)
 
 
+PRIOR_WALKS = 3          # with a prior, this target measures the seed and this many walks of the plan
+PRIOR_MIN_BLOCKS = 10    # a prior needs at least this many of the plan's blocks measured
+
+
 class LatencySession:
-    """The measurements and predictor of one search at one image size and scope."""
+    """The measurements and predictor of one search at one image size and scope. With a prior (a
+    cache file holding another device's or target's measurements of the same plan), only the seed
+    and PRIOR_WALKS walks are measured here, and the prior's predictor is scaled to them
+    (`adapt_predictor`)."""
 
     def __init__(self, measurer: Measurer, space: str, init: Structure, image_size: tuple[int, int], scope: str,
-                 max_channels: int = 2048, walks: int = 12) -> None:
+                 max_channels: int = 2048, walks: int = 12, prior_cache: str | None = None) -> None:
         self.measurer = measurer
         self.init = init
         self.image_size = image_size
         self.scope = scope
-        self.plan: ProfilePlan = profile_plan(space, init, image_size, max_channels, walks)
+        self.full_plan: ProfilePlan = profile_plan(space, init, image_size, max_channels, walks)
+        self.prior: PriorRows | None = None
+        self.plan = self.full_plan
+        if prior_cache is not None:
+            items = [block_item(*placed) for placed in self.full_plan.blocks]
+            self.prior = read_prior(prior_cache, items, measurer.cache.device, measurer.cache.target)
+            self.plan = profile_plan(space, init, image_size, max_channels, min(walks, PRIOR_WALKS))
         self.plan_networks: list[tuple[Structure, float]] = []
         self.extra_networks: list[tuple[Structure, float]] = []   # measured by this search, in order
         self.predicted_before: dict[tuple, float] = {}   # what the predictor said before each was measured
@@ -77,10 +92,25 @@ class LatencySession:
         quiet = [sample for sample in samples if block_item(*sample[:3]) not in self.measurer.contended]
         samples = quiet if len(quiet) >= len(samples) // 2 else samples
         self.plan_networks = [(s, measured[network_item(s, self.scope, self.image_size)]) for s in self.plan.networks]
-        self.base = build_predictor(self.image_size, self.scope, self.measurer.target.batch, samples, [])
-        self.block_errors = cross_validated_errors(samples, self.measurer.target.batch)
+        batch = self.measurer.target.batch
+        if self.prior is None:
+            self.base = build_predictor(self.image_size, self.scope, batch, samples, [])
+        else:
+            self.base = adapt_predictor(self.prior_predictor(), samples)
+        self.block_errors = cross_validated_errors(samples, batch)
         self.fit_s += time.perf_counter() - start
         return self.predictor()
+
+    def prior_predictor(self) -> LatencyPredictor:
+        """The predictor the prior's measurements of the full plan fit."""
+        rows = self.prior.rows
+        blocks = [(b, h, w, rows[block_item(b, h, w)].latency_ms) for b, h, w in self.full_plan.blocks
+                  if block_item(b, h, w) in rows]
+        if len(blocks) < PRIOR_MIN_BLOCKS:
+            raise MaedetError(f"the prior ({self.prior.source}) measured {len(blocks)} of this plan's "
+                              f"{len(self.full_plan.blocks)} blocks; it needs >= {PRIOR_MIN_BLOCKS} (profile the "
+                              "same space, seed, image size and scope there)", setting="latency_prior")
+        return build_predictor(self.image_size, self.scope, self.measurer.target.batch, blocks, [])
 
     def is_contended(self, structure: Structure) -> bool:
         return network_item(structure, self.scope, self.image_size) in self.measurer.contended
