@@ -83,10 +83,10 @@ class Sampler(threading.Thread):
 def run_search(tree: Path, work: Path, name: str, args: list[str]) -> dict:
     out, tmp = work / f"{name}-out", work / f"{name}-tmp"
     tmp.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "PYTHONPATH": str(tree), "TMPDIR": str(tmp)}
+    env = {**os.environ, "PYTHONPATH": str(tree), "TMPDIR": str(tmp)}   # and cwd: `-m` puts it first on the path
     started = time.perf_counter()
     process = subprocess.Popen([sys.executable, "-m", "maedet_deploy.cli.main", "search", *args, "--out", str(out)],
-                               env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                               env=env, cwd=tree, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     sampler = Sampler(process.pid, tmp)
     sampler.start()
     output = process.communicate()[0]
