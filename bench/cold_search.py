@@ -1,5 +1,5 @@
 """A latency search on a cold cache, then again on the warm one: wall time, measurements, the time
-split (export, load, timing), peak memory of the process tree and peak temporary disk, for this
+split (export, load, timing), peak memory (each process, and the tree) and peak temporary disk, for this
 code and (with --old-tree) another checkout of the project, run one after the other.
 
 Each run is a subprocess `maedet-deploy search` with its own fresh latency cache and its own
@@ -34,10 +34,10 @@ def _children(pid: int) -> list[int]:
     return found
 
 
-def _rss_mb(pid: int) -> float:
+def _memory_mb(pid: int, path: str, key: str) -> float:
     try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+        for line in Path(f"/proc/{pid}/{path}").read_text().splitlines():
+            if line.startswith(key):
                 return int(line.split()[1]) / 1024
     except OSError:
         pass
@@ -56,8 +56,9 @@ def _disk_mb(folder: Path) -> float:
 
 
 class Sampler(threading.Thread):
-    """Peak RSS of the root process, of each other process of its tree, of the tree together, and
-    peak bytes under a folder."""
+    """Peak RSS of the root process and of any other process of its tree, peak PSS of the tree
+    together (pages shared between processes, such as torch's libraries in a fork server and its
+    child, counted once), and peak bytes under a folder."""
 
     def __init__(self, pid: int, folder: Path) -> None:
         super().__init__(daemon=True)
@@ -72,10 +73,10 @@ class Sampler(threading.Thread):
                 pid = stack.pop()
                 tree.append(pid)
                 stack += _children(pid)
-            sizes = {pid: _rss_mb(pid) for pid in tree}
+            sizes = {pid: _memory_mb(pid, "status", "VmRSS:") for pid in tree}
             self.root_mb = max(self.root_mb, sizes.get(self.pid, 0.0))
             self.child_mb = max([self.child_mb] + [mb for pid, mb in sizes.items() if pid != self.pid])
-            self.tree_mb = max(self.tree_mb, sum(sizes.values()))
+            self.tree_mb = max(self.tree_mb, sum(_memory_mb(pid, "smaps_rollup", "Pss:") for pid in tree))
             self.disk_mb = max(self.disk_mb, _disk_mb(self.folder))
             time.sleep(0.1)
 
@@ -102,7 +103,7 @@ def run_search(tree: Path, work: Path, name: str, args: list[str]) -> dict:
             "contended": counters.get("contended"), "export_s": counters["export_s"], "load_s": counters.get("load_s"),
             "timing_s": counters["timing_s"], "profile_s": latency["time_s"]["profile"],
             "peak_rss_mb": round(sampler.root_mb), "peak_child_rss_mb": round(sampler.child_mb),
-            "peak_tree_rss_mb": round(sampler.tree_mb), "peak_tmp_disk_mb": round(sampler.disk_mb, 1),
+            "peak_tree_pss_mb": round(sampler.tree_mb), "peak_tmp_disk_mb": round(sampler.disk_mb, 1),
             "left_in_tmp_mb": round(_disk_mb(tmp), 1),
             "winner_measured_ms": (latency["winner"] or {}).get("measured_ms"), "limit_ms": latency["settings"]["limit_ms"],
             "winner": (out / "best_structure.json").read_text() if (out / "best_structure.json").exists() else None}
@@ -127,7 +128,7 @@ def main() -> None:
         print(f"{name}: cold {json.dumps(cold)}\n{name}: warm {json.dumps(warm)}", file=sys.stderr, flush=True)
     print(json.dumps({"search": args.search, "results": results}, indent=1))
     rows = ("wall_s", "measured", "export_s", "load_s", "timing_s", "peak_rss_mb", "peak_child_rss_mb",
-            "peak_tree_rss_mb", "peak_tmp_disk_mb", "left_in_tmp_mb", "winner_measured_ms")
+            "peak_tree_pss_mb", "peak_tmp_disk_mb", "left_in_tmp_mb", "winner_measured_ms")
     print(f"\n{'':22s}" + "".join(f"{f'{n} {k}':>14s}" for n in results for k in ("cold", "warm")))
     for row in rows:
         print(f"{row:22s}" + "".join(f"{str(results[n][k].get(row)):>14s}" for n in results for k in ("cold", "warm")))
