@@ -150,7 +150,7 @@ def test_cli_outputs_and_kill_resume(tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["--flops", "1e9"], "flops budget"),
     (["--space", "nope"], "unknown search space"),
-    (["--space", "kxkx"], "pick --space to match the seed"),
+    (["--space", "kxkx"], "--space: the seed's block 1"),
     (["--alpha", "1,2"], "alpha has 2"),
 ])
 def test_bad_input_is_one_line_exit_2(tmp_path, args, message):

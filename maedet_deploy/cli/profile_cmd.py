@@ -8,75 +8,77 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from ..search.latency import SCOPES, LatencyRun, LatencySettings
-from ..search.measurer import PRECISIONS, LatencyTarget, TimingSettings
-from ..search.space import SPACES
+from ..search import SPACES, LatencySettings, LatencyTarget, MeasureLimits, ProfileOutcome, TimingSettings, profile_latency
 from ..structure.cost import as_hw
 from ..zoo import resolve_structure
-from .common import (LatencyCacheOption, LatencyThreadsOption, QuietWaitOption, console, parse_image_size,
-                     print_json)
+from .common import LatencyCacheOption, LatencyThreadsOption, QuietWaitOption, console, parse_image_size, print_json
+from .search_cmd import (BackendOption, BatchOption, DiskOption, InitOption, MaxChannelsOption, MemoryOption,
+                         PrecisionOption, PriorOption, ScopeOption, WalksOption)
 
 
 def profile(
     space: Annotated[str, typer.Option(help=f"Block space: {', '.join(SPACES)}.")] = "k1kxk1",
     image_size: Annotated[str, typer.Option(help="Deploy input size: 320 or HxW.")] = "480",
-    scope: Annotated[str, typer.Option(help=f"Whole networks measured as: {', '.join(SCOPES)}.")] = "backbone",
-    backend: Annotated[str, typer.Option(help="onnxruntime or tensorrt.")] = "onnxruntime",
-    batch: Annotated[int, typer.Option(help="Batch size.")] = 1,
-    precision: Annotated[str, typer.Option(help=f"{', '.join(PRECISIONS)} (fp16 with tensorrt only).")] = "fp32",
+    latency_scope: ScopeOption = "backbone",
+    backend: BackendOption = "onnxruntime",
+    batch: BatchOption = 1,
+    precision: PrecisionOption = "fp32",
     threads: LatencyThreadsOption = None,
-    init: Annotated[str, typer.Option(help="Seed structure the search will start from.")] = "maedet-seed",
-    max_channels: Annotated[int, typer.Option(help="Channel cap of the search.")] = 2048,
-    networks: Annotated[int, typer.Option(help="Random networks around the seed whose blocks are measured.")] = 24,
-    whole: Annotated[int, typer.Option(help="Mutation walks from the seed measured whole (and block by block), "
-                                            "plus the seed.")] = 8,
+    init: InitOption = "maedet-seed",
+    max_channels: MaxChannelsOption = 2048,
+    profile_walks: WalksOption = LatencySettings.profile_walks,
     quiet_wait: QuietWaitOption = 10.0,
     latency_cache: LatencyCacheOption = None,
+    measure_memory_mb: MemoryOption = MeasureLimits.memory_mb,
+    measure_disk_mb: DiskOption = MeasureLimits.disk_mb,
+    latency_prior: PriorOption = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
-    """Measure the blocks and networks a latency search of this space needs, so searches start at once.
+    """Measure what a latency search of this space needs, so searches start at once.
 
-    Measures the seed whole, then the blocks of --networks random networks around the seed (each
-    block alone at its input size) and --whole mutation walks from the seed, block by block and
-    whole: what `search --latency-ms` with the same space, seed, image size and target fits its
-    predictor on. Each thing is timed in short visits spread over the whole batch, so a slow spell
-    of a shared host cannot skew it. Entries already in the cache are reused.
-    Example: maedet-deploy profile --space k1kxk1 --image-size 320
+    Measures the seed whole, then the seed and --profile-walks mutation walks from it, block by block (each block alone at its input size) and whole: what `search --latency-ms` with the same space, seed, image size and target fits its predictor on. Each thing is timed in short visits spread over its window of measurements, so a slow spell of a shared host cannot skew it; each measurement is in the cache as soon as it is done. Entries already in the cache are reused.
+
+    Example: maedet-deploy profile --image-size 320 --latency-scope detector
     """
-    settings = LatencySettings(float("inf"), LatencyTarget(backend, precision, batch, threads), scope,
-                               cache_path=latency_cache, plan_networks=networks, plan_whole=whole)
-    run = LatencyRun(settings, as_hw(parse_image_size(image_size)), space, resolve_structure(init), max_channels,
-                     TimingSettings.for_backend(backend, patience=quiet_wait))
-    try:
-        with Progress(TextColumn("[bold]profile"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-                      TimeElapsedColumn(), console=console, transient=False, disable=json_output) as progress:
-            task = progress.add_task("profile", total=None, info=run.where())
+    settings = LatencySettings(float("inf"), LatencyTarget(backend, precision, batch, threads), latency_scope,
+                               latency_cache=latency_cache, profile_walks=profile_walks,
+                               latency_prior=latency_prior)
+    with Progress(TextColumn("[bold]profile"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+                  TimeElapsedColumn(), console=console, transient=False, disable=json_output) as progress:
+        task = progress.add_task("profile", total=None, info="")
 
-            def advance(done: int, total: int, item: str) -> None:
-                progress.update(task, completed=done, total=total, info=item.split("@")[0][:48])
+        def advance(done: int, total: int, item: str) -> None:
+            progress.update(task, completed=done, total=total, info=item.split("@")[0][:48])
 
-            budget = run.prepare(advance)
-        fit = run.session.fit_report(budget.predictor)
-        summary = {"cache": str(run.measurer.cache.path), "device": run.measurer.cache.device,
-                   "target": settings.target.to_dict(), "scope": scope, "space": space,
-                   "image_size": list(run.session.image_size), "seed_ms": run.seed_ms,
-                   "seconds": run.profile_s, "measurements": run.measurer.counters.to_dict(), **fit}
-    finally:
-        run.close()
+        outcome = profile_latency(settings, as_hw(parse_image_size(image_size)), space, resolve_structure(init),
+                                  max_channels, TimingSettings.for_backend(backend, patience=quiet_wait),
+                                  MeasureLimits(memory_mb=measure_memory_mb, disk_mb=measure_disk_mb),
+                                  progress=advance)
     if json_output:
-        print_json(summary)
-        return
+        print_json(summary(outcome, settings, space))
+    else:
+        print_table(outcome, settings)
+
+
+def summary(outcome: ProfileOutcome, settings: LatencySettings, space: str) -> dict:
+    return {"cache": outcome.cache, "device": outcome.device, "target": settings.target.to_dict(),
+            "scope": settings.latency_scope, "space": space, "where": outcome.where, "seed_ms": outcome.seed_ms,
+            "seconds": outcome.seconds, "measurements": outcome.counters.to_dict(), **outcome.fit}
+
+
+def print_table(outcome: ProfileOutcome, settings: LatencySettings) -> None:
     table = Table(title="latency profile", show_header=False)
-    table.add_row("cache", f"{summary['cache']} (device {summary['device']}, {settings.target.key()})")
-    table.add_row("seed latency", f"{run.seed_ms:.3f} ms ({run.where()})")
-    counters = summary["measurements"]
-    table.add_row("measurements", f"{counters['measured']} new, {counters['cached']} from the cache"
-                                  + (f", {counters['contended']} contended" if counters["contended"] else ""))
-    table.add_row("time", f"{summary['seconds']:.1f} s (export {counters['export_s']:.1f} s, "
-                          f"timing {counters['timing_s']:.1f} s)")
+    table.add_row("cache", f"{outcome.cache} (device {outcome.device}, {settings.target.key()})")
+    table.add_row("seed latency", f"{outcome.seed_ms:.3f} ms ({outcome.where})")
+    counters = outcome.counters
+    table.add_row("measurements", f"{counters.measured} new, {counters.cached} from the cache"
+                                  + (f", {counters.contended} contended" if counters.contended else ""))
+    table.add_row("time", f"{outcome.seconds:.1f} s (export {counters.export_s:.1f} s, load {counters.load_s:.1f} s, "
+                          f"timing {counters.timing_s:.1f} s)")
+    table.add_row("resources", f"temporary disk {counters.peak_temp_mb:.0f} MB, models held {counters.peak_held_mb:.0f} MB")
     for name, label in (("block_cv", "blocks, cross-validated"), ("network_fit", "networks, fitted")):
-        error = fit[name]
-        table.add_row(f"predictor error ({label})",
-                      f"MAPE {error['mape_pct']:.1f}%, {100 * error['within_10pct']:.0f}% within 10% "
-                      f"(n={error['count']})")
+        error = outcome.fit[name]
+        if error["count"]:
+            table.add_row(f"predictor error ({label})", f"MAPE {error['mape_pct']:.1f}%, "
+                                                        f"{100 * error['within_10pct']:.0f}% within 10% (n={error['count']})")
     console.print(table)

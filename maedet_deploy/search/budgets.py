@@ -43,7 +43,7 @@ def cost_budgets(flops: float | None = None, params: float | None = None,
     for name, limit in (("layers", layers), ("params", params), ("flops", flops)):
         if limit is not None:
             if limit <= 0:
-                raise MaedetError(f"--{name} budget must be positive, got {limit:g}")
+                raise MaedetError(f"budget must be positive, got {limit:g}", setting=name)
             budgets.append(CostBudget(name, float(limit)))
     return budgets
 
@@ -64,4 +64,4 @@ def check_seed(budgets: Sequence[Budget], structure: Structure, cost: Cost) -> N
             raise MaedetError(
                 f"the seed exceeds the {budget.name} budget: {used:,.6g} > {budget.limit:,.6g} {budget.unit} "
                 f"(over by {used - budget.limit:,.6g}, {100 * (used / budget.limit - 1):.1f}%); "
-                "raise the budget or start from a smaller --init structure")
+                "raise the budget or start from a smaller seed structure (init)")

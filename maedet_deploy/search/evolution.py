@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from ..atomic import write_text
-from ..errors import MaedetError
+from ..errors import MaedetError, first_line
 from ..structure import Block, Structure, compute_cost
 from .budgets import Budget, check_seed, first_violation
 from .population import Member, Population
@@ -132,8 +132,9 @@ def _shard_seed(seed: int, batch_index: int, shard: int) -> int:
 
 def new_state(settings: SearchSettings, init: Structure, budgets: Sequence[Budget]) -> SearchState:
     check_alpha(init, settings.alpha)
-    if settings.iterations < 1 or settings.population < 1:
-        raise MaedetError("--iterations and --population must be >= 1")
+    for name in ("iterations", "population"):
+        if getattr(settings, name) < 1:
+            raise MaedetError(f"must be >= 1, got {getattr(settings, name)}", setting=name)
     get_space(settings.space)
     cost = compute_cost(init, settings.image_size)
     check_seed(budgets, init, cost)
@@ -267,7 +268,7 @@ def load_checkpoint(directory: Path, settings: SearchSettings) -> SearchState:
     """Restore a search; the settings must be those it was started with."""
     path = Path(directory) / CHECKPOINT
     if not path.is_file():
-        raise MaedetError(f"--resume: no {CHECKPOINT} in {directory}")
+        raise MaedetError(f"no {CHECKPOINT} in {directory}", setting="resume")
     try:
         payload = json.loads(path.read_text(encoding="utf-8"))
         if payload.get("format") != CHECKPOINT_FORMAT:
@@ -282,11 +283,11 @@ def load_checkpoint(directory: Path, settings: SearchSettings) -> SearchState:
         if not len(state.population):
             raise ValueError("empty population")
     except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError, MaedetError) as exc:
-        raise MaedetError(f"--resume: corrupt checkpoint {path}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+        raise MaedetError(f"corrupt checkpoint {path}: {first_line(exc)}", setting="resume") from None
     differing = [k for k, v in settings.to_dict().items() if saved.to_dict()[k] != v and k != "iterations"]
     if differing:
-        raise MaedetError(f"--resume: the checkpoint was made with different settings ({', '.join(differing)}); "
-                          "rerun with the original options or use a new --out")
+        raise MaedetError(f"the checkpoint was made with different settings ({', '.join(differing)}); "
+                          "rerun with the original options or use a new output folder", setting="resume")
     if settings.iterations != saved.iterations:
         state.settings = settings
     return state

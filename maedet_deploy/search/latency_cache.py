@@ -91,7 +91,7 @@ class LatencyCache:
                     raise MaedetError(f"latency cache {self.path} stayed locked by another process for "
                                       f"{BUSY_TIMEOUT_S:g} s") from None
                 raise MaedetError(f"latency cache {self.path} is corrupt or not a cache ({first_line(exc)}); "
-                                  "move it away or pass another --latency-cache") from None
+                                  "move it away or use another cache file", setting="latency_cache") from None
 
     def _open(self, fingerprint: dict[str, Any]) -> None:
         """Check before writing anything: a foreign or damaged file stays untouched."""
@@ -165,3 +165,41 @@ class LatencyCache:
 
     def close(self) -> None:
         self._db.close()
+
+
+@dataclass(frozen=True)
+class PriorRows:
+    """Another device's (or target's) measurements of some items: `source` names it."""
+
+    source: str
+    rows: dict[str, Entry]
+
+
+def read_prior(path: str | os.PathLike, items: Iterable[str], device: str, target: str) -> PriorRows:
+    """From the cache file `path` (opened read-only, never changed), the measurements of `items` by
+    the device and target that measured most of them, other than (`device`, `target`) itself.
+    Measurements that never got quiet visits are left out."""
+    path = Path(path).expanduser()
+    wanted = list(dict.fromkeys(items))
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_S)
+        try:
+            if dict(db.execute("SELECT key, value FROM meta")).get("format") != FORMAT:
+                raise sqlite3.DatabaseError("not a latency cache")
+            rows = [row for start in range(0, len(wanted), 500) for row in db.execute(
+                f"SELECT device, target, item, latency_ms, export_s, measure_s, details FROM latency WHERE item IN "
+                f"({', '.join('?' * len(wanted[start:start + 500]))})", wanted[start:start + 500])]
+        finally:
+            db.close()
+    except sqlite3.Error as exc:
+        raise MaedetError(f"cannot read latency cache {path}: {first_line(exc)}", setting="latency_prior") from None
+    sources: dict[tuple[str, str], dict[str, Entry]] = {}
+    for source_device, source_target, item, latency, export_s, measure_s, details in rows:
+        entry = Entry(latency, export_s, measure_s, json.loads(details))
+        if (source_device, source_target) != (device, target) and not entry.details.get("contended"):
+            sources.setdefault((source_device, source_target), {})[item] = entry
+    if not sources:
+        raise MaedetError(f"{path} holds no measurements of this profile plan by another device or target",
+                          setting="latency_prior")
+    (source_device, source_target), found = max(sources.items(), key=lambda pair: len(pair[1]))
+    return PriorRows(f"{source_device} {source_target}", found)

@@ -1,9 +1,9 @@
-"""What a search leaves in its --out folder, every file written atomically."""
+"""What a search leaves in its output folder, every file written atomically."""
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -13,15 +13,29 @@ from .budgets import Budget
 from .evolution import SearchState, candidates_per_second
 
 
-def budget_usage(budgets: Sequence[Budget], state: SearchState) -> list[dict[str, Any]]:
+@dataclass(frozen=True)
+class BudgetUse:
+    """How much of one budget the best member uses."""
+
+    name: str
+    limit: float
+    used: float
+    unit: str
+
+    @property
+    def fraction(self) -> float:
+        return self.used / self.limit
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "limit": self.limit, "used": self.used, "unit": self.unit,
+                "fraction": self.fraction}
+
+
+def budget_usage(budgets: Sequence[Budget], state: SearchState) -> list[BudgetUse]:
     best = state.population.best()
     cost = compute_cost(best.structure, state.settings.image_size)
-    rows = []
-    for budget in budgets:
-        used = budget.usage(best.structure, cost)
-        rows.append({"name": budget.name, "limit": budget.limit, "used": used, "unit": budget.unit,
-                     "fraction": used / budget.limit})
-    return rows
+    return [BudgetUse(budget.name, budget.limit, budget.usage(best.structure, cost), budget.unit)
+            for budget in budgets]
 
 
 def search_report(state: SearchState, budgets: Sequence[Budget], extra: dict | None = None) -> dict[str, Any]:
@@ -30,7 +44,7 @@ def search_report(state: SearchState, budgets: Sequence[Budget], extra: dict | N
         "settings": state.settings.to_dict(),
         "init": state.init.to_dicts(),
         "best": best.to_dict(),
-        "budgets": budget_usage(budgets, state),
+        "budgets": [use.to_dict() for use in budget_usage(budgets, state)],
         "candidates": state.counters.candidates,
         "counters": asdict(state.counters),
         "candidates_per_second": candidates_per_second(state),

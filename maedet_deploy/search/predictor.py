@@ -1,6 +1,6 @@
 """The latency predictor: measured blocks, a regression for the rest, and a whole-network correction.
 
-Three layers, each fitted on measurements from the target (see `latency`):
+Three layers, each fitted on measurements from the target (see `session` and `plan`):
 - a block measured alone (export + bench) is looked up exactly;
 - any other block is predicted by a non-negative linear regression on its
   features: multiply-accumulates per conv kind (1x1, dense 3x3 / 5x5 at stride
@@ -8,10 +8,10 @@ Three layers, each fitted on measurements from the target (see `latency`):
   its op count and a per-block constant. A CPU or GPU spends time roughly in
   proportion to each of these, at a rate that depends on the kind, which is
   what the coefficients learn;
-- the sum over blocks is corrected by `a * sum + b` (+ `c * lateral MACs` for
-  the detector scope, whose neck widths follow the backbone's stage channels),
-  fitted on whole-network measurements: it absorbs fusion across blocks,
-  per-run overhead and, for the detector, the fixed-width neck and head.
+- the sum over blocks is corrected, fitted on whole-network measurements: by a
+  scale for a backbone (it absorbs fusion across blocks and per-run overhead),
+  by `a * sum + b + c * lateral MACs` for a detector (the fixed-width neck and
+  head, and the lateral convs whose widths follow the backbone's stages).
 A network measured whole is looked up exactly, so the seed and every verified
 candidate are judged by their measured number.
 
@@ -26,19 +26,15 @@ from typing import Sequence
 
 import numpy as np
 
-from ..structure import K1DWK1, K1KXK1, KXKX, STEM, Block, Cost, Structure, compute_cost
-from ..structure.cost import as_hw
+from ..structure import STEM, Block, Cost, Structure, compute_cost
+from ..structure.cost import Conv, block_inputs, down, unit_layout
+from .requests import NECK_CHANNELS
 
 FEATURES = ("stem", "pw", "k3", "k5", "k3s2", "k5s2", "dw3", "dw5", "dw3s2", "dw5s2",
             "act", "weights", "ops", "block")
 _INDEX = {name: i for i, name in enumerate(FEATURES)}
-NECK_CHANNELS = 128      # the detector's PAN width (export_structure_onnx's default), fixed across candidates
 DETECTOR_LEVELS = 3      # the detector reads the last three stages
 MEGA = 1e-6              # features in millions keep the least-squares columns comparable
-
-
-def _down(size: int, stride: int) -> int:
-    return -(-size // stride)
 
 
 def _conv_name(kernel: int, stride: int, depthwise: bool) -> str:
@@ -48,43 +44,29 @@ def _conv_name(kernel: int, stride: int, depthwise: bool) -> str:
     return base + ("s2" if stride == 2 else "")
 
 
-def _add_conv(features: np.ndarray, cin: int, cout: int, kernel: int, stride: int, groups: int,
-              pixels_in: int, pixels_out: int, name: str | None = None) -> None:
+def _add_conv(features: np.ndarray, conv: Conv, batch: int, name: str | None = None) -> None:
     """One conv (+ folded BN, fused ReLU): its MACs under its kind, elements read and written, weights."""
-    weights = cin * cout * kernel * kernel // groups
-    features[_INDEX[name or _conv_name(kernel, stride, groups > 1)]] += weights * pixels_out * MEGA
-    features[_INDEX["act"]] += (cin * pixels_in + cout * pixels_out) * MEGA
-    features[_INDEX["weights"]] += weights * MEGA
+    features[_INDEX[name or _conv_name(conv.kernel, conv.stride, conv.groups > 1)]] += \
+        conv.weights * conv.pixels_out * batch * MEGA
+    features[_INDEX["act"]] += (conv.cin * conv.pixels_in + conv.cout * conv.pixels_out) * batch * MEGA
+    features[_INDEX["weights"]] += conv.weights * MEGA
     features[_INDEX["ops"]] += 1
 
 
 def _add_unit(features: np.ndarray, kind: str, cin: int, cout: int, btn: int, kernel: int, stride: int,
               height: int, width: int, first: bool, batch: int) -> None:
-    """The convs, pool and add of one residual unit, as `models.blocks` builds them."""
-    pix_in = height * width * batch
-    pix_out = _down(height, stride) * _down(width, stride) * batch
-    if kind == K1KXK1:
-        _add_conv(features, cin, btn, 1, 1, 1, pix_in, pix_in)
-        _add_conv(features, btn, btn, kernel, stride, 1, pix_in, pix_out)
-        _add_conv(features, btn, cout, 1, 1, 1, pix_out, pix_out)
-        project = first
-    elif kind == KXKX:
-        _add_conv(features, cin, btn, kernel, 1, 1, pix_in, pix_in)
-        _add_conv(features, btn, cout, kernel, stride, 1, pix_in, pix_out)
-        project = cin != cout
-    elif kind == K1DWK1:
-        _add_conv(features, cin, btn, 1, 1, 1, pix_in, pix_in)
-        _add_conv(features, btn, btn, kernel, stride, btn, pix_in, pix_out)
-        _add_conv(features, btn, cout, 1, 1, 1, pix_out, pix_out)
-        project = cin != cout
-    else:
-        raise ValueError(f"no latency features for block class {kind!r}")
+    """The convs, pool and add of one residual unit (`structure.cost.unit_layout`)."""
+    pix_in = height * width
+    pix_out = down(height, stride) * down(width, stride)
+    convs, project = unit_layout(kind, cin, cout, btn, kernel, stride, pix_in, pix_out, first)
+    for conv in convs:
+        _add_conv(features, conv, batch)
     if stride == 2:
-        features[_INDEX["act"]] += (cin * pix_in + cin * pix_out) * MEGA
+        features[_INDEX["act"]] += (cin * pix_in + cin * pix_out) * batch * MEGA
         features[_INDEX["ops"]] += 1
     if project:
-        _add_conv(features, cin, cout, 1, 1, 1, pix_out, pix_out)
-    features[_INDEX["act"]] += 3 * cout * pix_out * MEGA   # the residual add reads two maps, writes one
+        _add_conv(features, Conv(cin, cout, 1, 1, 1, pix_out, pix_out), batch)
+    features[_INDEX["act"]] += 3 * cout * pix_out * batch * MEGA   # the residual add reads two maps, writes one
     features[_INDEX["ops"]] += 1
 
 
@@ -93,28 +75,18 @@ def block_features(block: Block, height: int, width: int, batch: int = 1) -> np.
     features = np.zeros(len(FEATURES))
     features[_INDEX["block"]] = 1.0
     if block.kind == STEM:
-        pixels_out = _down(height, block.stride) * _down(width, block.stride) * batch
-        _add_conv(features, block.cin, block.cout, block.kernel, block.stride, 1, height * width * batch,
-                  pixels_out, name="stem")
+        out = down(height, block.stride) * down(width, block.stride)
+        _add_conv(features, Conv(block.cin, block.cout, block.kernel, block.stride, 1, height * width, out), batch,
+                  name="stem")
         return features
     _add_unit(features, block.kind, block.cin, block.cout, block.btn, block.kernel, block.stride, height, width,
               True, batch)
-    out_h, out_w = _down(height, block.stride), _down(width, block.stride)
+    out_h, out_w = down(height, block.stride), down(width, block.stride)
     if block.depth > 1:
         rest = np.zeros(len(FEATURES))
         _add_unit(rest, block.kind, block.cout, block.cout, block.btn, block.kernel, 1, out_h, out_w, False, batch)
         features += (block.depth - 1) * rest
     return features
-
-
-def block_inputs(structure: Structure, image_size: tuple[int, int]) -> list[tuple[Block, int, int]]:
-    """Each block with the input height and width it sees."""
-    height, width = image_size
-    placed = []
-    for block in structure.blocks:
-        placed.append((block, height, width))
-        height, width = _down(height, block.stride), _down(width, block.stride)
-    return placed
 
 
 def lateral_macs(cost: Cost, batch: int = 1) -> float:
@@ -183,17 +155,18 @@ class LatencyPredictor:
     scope: str
     batch: int
     coef: np.ndarray
-    calibration: tuple[float, ...] = (1.0, 0.0)
+    correction: tuple[float, ...] = (1.0,)
     margin: float = 0.0
     measured_blocks: dict[tuple, float] = field(default_factory=dict)
     measured_networks: dict[tuple, float] = field(default_factory=dict)
+    prior_blocks: dict[tuple, float] = field(default_factory=dict)   # another target's, scaled to this one
     _memo: dict[tuple, float] = field(default_factory=dict, repr=False)
 
     def block_ms(self, block: Block, height: int, width: int) -> float:
         key = (block.key(), height, width)
         value = self._memo.get(key)
         if value is None:
-            value = self.measured_blocks.get(key)
+            value = self.measured_blocks.get(key, self.prior_blocks.get(key))
             if value is None:
                 value = float(block_features(block, height, width, self.batch) @ self.coef)
             self._memo[key] = value
@@ -203,15 +176,18 @@ class LatencyPredictor:
         """Sum of the blocks' latencies, before the whole-network correction."""
         return sum(self.block_ms(block, h, w) for block, h, w in block_inputs(structure, self.image_size))
 
-    def calibration_features(self, structure: Structure, cost: Cost | None = None) -> list[float]:
-        row = [self.raw_ms(structure), 1.0]
-        if self.scope == "detector":
-            row.append(lateral_macs(cost or compute_cost(structure, self.image_size), self.batch))
-        return row
+    def correction_features(self, structure: Structure, cost: Cost | None = None) -> list[float]:
+        """The backbone's correction is a scale (its blocks are the whole network: a positive offset
+        fitted on a few walks only adds noise, measured); the detector's adds the fixed neck and head
+        and the lateral convs that follow the backbone's widths."""
+        if self.scope != "detector":
+            return [self.raw_ms(structure)]
+        return [self.raw_ms(structure), 1.0, lateral_macs(cost or compute_cost(structure, self.image_size),
+                                                          self.batch)]
 
     def predicted(self, structure: Structure, cost: Cost | None = None) -> float:
         """The model's number, even for a network that was measured whole."""
-        return float(np.dot(self.calibration, self.calibration_features(structure, cost)[:len(self.calibration)]))
+        return float(np.dot(self.correction, self.correction_features(structure, cost)[:len(self.correction)]))
 
     def predict(self, structure: Structure, cost: Cost | None = None) -> float:
         """The measured latency when the network was measured whole, else the model's number
@@ -222,7 +198,7 @@ class LatencyPredictor:
     def measured(self, structure: Structure) -> float | None:
         return self.measured_networks.get(structure.key())
 
-    def with_calibration(self, networks: Sequence[tuple[Structure, float]]) -> "LatencyPredictor":
+    def with_correction(self, networks: Sequence[tuple[Structure, float]]) -> "LatencyPredictor":
         """A copy whose correction is fitted on these whole-network measurements (relative least squares,
         non-negative: a scale, the fixed neck and head, a cost per lateral MAC; a negative term fitted
         on networks close together extrapolates wildly to the ones the search moves on to).
@@ -230,30 +206,30 @@ class LatencyPredictor:
         With fewer measurements than terms, the terms are dropped from the end
         (lateral MACs, then the offset), down to a pure scale. The safety margin is
         the 90th percentile of the fitted networks' under-prediction (from 3 networks on)."""
-        rows = np.array([self.calibration_features(s) for s, _ in networks]) if networks else np.zeros((0, 2))
+        rows = np.array([self.correction_features(s) for s, _ in networks]) if networks else np.zeros((0, 1))
         measured = np.array([ms for _, ms in networks])
         terms = min(rows.shape[1], max(1, len(networks) - 1))
         if not networks:
-            calibration: tuple[float, ...] = (1.0, 0.0)
+            correction: tuple[float, ...] = (1.0,)
         else:
             weight = 1.0 / measured
-            solution = nnls(rows[:, :terms] * weight[:, None], measured * weight)
-            calibration = tuple(float(v) for v in solution)
+            correction = tuple(float(v) for v in nnls(rows[:, :terms] * weight[:, None], measured * weight))
         margin = 0.0
         if len(networks) >= 3:
-            predicted = rows[:, :terms] @ np.array(calibration)
+            predicted = rows[:, :terms] @ np.array(correction)
             margin = max(0.0, float(np.quantile(measured / predicted - 1.0, 0.9)))
-        return LatencyPredictor(self.image_size, self.scope, self.batch, self.coef, calibration, margin,
-                                self.measured_blocks, {s.key(): ms for s, ms in networks})
+        return LatencyPredictor(self.image_size, self.scope, self.batch, self.coef, correction, margin,
+                                self.measured_blocks, {s.key(): ms for s, ms in networks}, self.prior_blocks)
 
     def to_dict(self) -> dict:
-        names = ["scale", "offset_ms", "ms_per_lateral_mmac"][:len(self.calibration)]
+        names = ["scale", "offset_ms", "ms_per_lateral_mmac"][:len(self.correction)]
         return {"coefficients_ms": {name: float(c) for name, c in zip(FEATURES, self.coef)},
-                "correction": dict(zip(names, self.calibration)), "margin": self.margin,
-                "measured_blocks": len(self.measured_blocks), "measured_networks": len(self.measured_networks)}
+                "correction": dict(zip(names, self.correction)), "margin": self.margin,
+                "measured_blocks": len(self.measured_blocks), "measured_networks": len(self.measured_networks),
+                "prior_blocks": len(self.prior_blocks)}
 
 
-def build_predictor(image_size: tuple[int, int] | int, scope: str, batch: int,
+def build_predictor(image_size: tuple[int, int], scope: str, batch: int,
                     blocks: Sequence[tuple[Block, int, int, float]],
                     networks: Sequence[tuple[Structure, float]]) -> LatencyPredictor:
     """Fit the block regression on measured blocks, then the correction on measured networks."""
@@ -261,6 +237,21 @@ def build_predictor(image_size: tuple[int, int] | int, scope: str, batch: int,
         raise ValueError("the latency predictor needs measured blocks")
     features = np.array([block_features(b, h, w, batch) for b, h, w, _ in blocks])
     latency = np.array([ms for *_, ms in blocks])
-    base = LatencyPredictor(as_hw(image_size), scope, batch, fit_blocks(features, latency),
+    base = LatencyPredictor(image_size, scope, batch, fit_blocks(features, latency),
                             measured_blocks={(b.key(), h, w): ms for b, h, w, ms in blocks})
-    return base.with_calibration(networks)
+    return base.with_correction(networks)
+
+
+def adapt_predictor(source: LatencyPredictor, blocks: Sequence[tuple[Block, int, int, float]]) -> LatencyPredictor:
+    """A predictor fitted on another device or target (`source`), scaled to this one by a handful
+    of blocks measured here, the way LitePred adapts to a new device from a few samples: one
+    scale, fitted by relative least squares, on the source's regression and its measured blocks;
+    the blocks measured here are looked up exactly. The correction is fitted afterwards, here."""
+    if not blocks:
+        raise ValueError("adapting a predictor needs blocks measured on this target")
+    there = np.array([source.block_ms(b, h, w) for b, h, w, _ in blocks])
+    here = np.array([ms for *_, ms in blocks])
+    scale = float(np.sum(there / here) / np.sum((there / here) ** 2))
+    return LatencyPredictor(source.image_size, source.scope, source.batch, scale * source.coef,
+                            measured_blocks={(b.key(), h, w): ms for b, h, w, ms in blocks},
+                            prior_blocks={key: scale * ms for key, ms in source.measured_blocks.items()})

@@ -27,9 +27,9 @@ def parse_alpha(text: str) -> tuple[float, ...]:
     try:
         values = tuple(float(part) for part in text.split(","))
     except ValueError:
-        raise MaedetError(f"--alpha must be comma-separated numbers, got {text!r}") from None
+        raise MaedetError(f"must be comma-separated numbers, got {text!r}", setting="alpha") from None
     if not values:
-        raise MaedetError("--alpha needs at least one value")
+        raise MaedetError("needs at least one value", setting="alpha")
     return values
 
 

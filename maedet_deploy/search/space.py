@@ -59,7 +59,7 @@ class Mutator:
         for index, block in enumerate(seed_structure.blocks):
             if index and block.kind != space.kind:
                 raise MaedetError(f"the seed's block {index} is {block.kind}, but space {space.name!r} "
-                                  f"searches {space.kind} blocks; pick --space to match the seed")
+                                  f"searches {space.kind} blocks; pick the space that matches the seed", setting="space")
         if seed_structure.blocks[0].kind != STEM:
             raise MaedetError(f"the seed must start with a {STEM} stem block")
         self.space = space

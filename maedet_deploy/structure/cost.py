@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 
-from .blocks import K1KXK1, KXKX, STEM, Block, Structure
+from .blocks import K1DWK1, K1KXK1, KXKX, STEM, Block, Structure
 
 ImageSize = int | tuple[int, int]
 
@@ -59,8 +59,44 @@ def as_hw(image_size: ImageSize) -> tuple[int, int]:
     return int(height), int(width)
 
 
-def _down(size: int, stride: int) -> int:
+def down(size: int, stride: int) -> int:
+    """A feature map's side after a stride (padding (k-1)//2 keeps ceil(size / stride))."""
     return -(-size // stride)
+
+
+@dataclass(frozen=True, slots=True)
+class Conv:
+    """One conv (+ BN) of a block: its shape and the pixels (per image) it reads and writes."""
+
+    cin: int
+    cout: int
+    kernel: int
+    stride: int
+    groups: int
+    pixels_in: int
+    pixels_out: int
+
+    @property
+    def weights(self) -> int:
+        return self.cin * self.cout * self.kernel * self.kernel // self.groups
+
+
+def unit_layout(kind: str, cin: int, cout: int, btn: int, k: int, stride: int, pix_in: int, pix_out: int,
+                unit0: bool) -> tuple[tuple[Conv, ...], bool]:
+    """The main path's convs of one residual unit (each followed by BN; a ReLU on each output, the
+    last one after the residual add) and whether its shortcut projects (1x1 conv + BN). A stride-2
+    shortcut also average-pools. The one description of the units `models.blocks` builds."""
+    if kind == K1KXK1:
+        convs = (Conv(cin, btn, 1, 1, 1, pix_in, pix_in), Conv(btn, btn, k, stride, 1, pix_in, pix_out),
+                 Conv(btn, cout, 1, 1, 1, pix_out, pix_out))
+        return convs, unit0
+    if kind == KXKX:
+        return (Conv(cin, btn, k, 1, 1, pix_in, pix_in), Conv(btn, cout, k, stride, 1, pix_in, pix_out)), cin != cout
+    if kind == K1DWK1:   # expand, depthwise, project
+        convs = (Conv(cin, btn, 1, 1, 1, pix_in, pix_in), Conv(btn, btn, k, stride, btn, pix_in, pix_out),
+                 Conv(btn, cout, 1, 1, 1, pix_out, pix_out))
+        return convs, cin != cout
+    raise ValueError(f"no unit layout for block class {kind!r}")
 
 
 def _conv(cin: int, cout: int, k: int, groups: int, pixels: int) -> tuple[int, int]:
@@ -72,20 +108,10 @@ def _conv(cin: int, cout: int, k: int, groups: int, pixels: int) -> tuple[int, i
 def _unit_cost(kind: str, cin: int, cout: int, btn: int, k: int, stride: int,
                pix_in: int, pix_out: int, unit0: bool) -> tuple[int, int]:
     """(params, MACs) of one residual unit."""
-    if kind == K1KXK1:
-        parts = (_conv(cin, btn, 1, 1, pix_in), _conv(btn, btn, k, 1, pix_out), _conv(btn, cout, 1, 1, pix_out))
-        relu = btn * pix_in + btn * pix_out + cout * pix_out
-        project = unit0
-    elif kind == KXKX:
-        parts = (_conv(cin, btn, k, 1, pix_in), _conv(btn, cout, k, 1, pix_out))
-        relu = btn * pix_in + cout * pix_out
-        project = cin != cout
-    else:  # K1DWK1: expand, depthwise, project
-        parts = (_conv(cin, btn, 1, 1, pix_in), _conv(btn, btn, k, btn, pix_out), _conv(btn, cout, 1, 1, pix_out))
-        relu = btn * pix_in + btn * pix_out + cout * pix_out
-        project = cin != cout
+    convs, project = unit_layout(kind, cin, cout, btn, k, stride, pix_in, pix_out, unit0)
+    parts = [_conv(c.cin, c.cout, c.kernel, c.groups, c.pixels_out) for c in convs]
     params = sum(p for p, _ in parts)
-    flops = sum(f for _, f in parts) + relu
+    flops = sum(f for _, f in parts) + sum(c.cout * c.pixels_out for c in convs)
     if stride == 2:
         flops += cin * pix_in
     if project:
@@ -100,7 +126,7 @@ def block_cost(block: Block, height: int, width: int) -> tuple[int, int, int, in
     """(params, MACs, out height, out width) of a block at its input size.
 
     Cached: search re-evaluates the same blocks at the same sizes constantly."""
-    out_h, out_w = _down(height, block.stride), _down(width, block.stride)
+    out_h, out_w = down(height, block.stride), down(width, block.stride)
     pix_in, pix_out = height * width, out_h * out_w
     if block.kind == STEM:
         params, flops = _conv(block.cin, block.cout, block.kernel, 1, pix_out)
@@ -113,6 +139,16 @@ def block_cost(block: Block, height: int, width: int) -> tuple[int, int, int, in
         params += (block.depth - 1) * rest_params
         flops += (block.depth - 1) * rest_flops
     return params, flops, out_h, out_w
+
+
+def block_inputs(structure: Structure, image_size: tuple[int, int]) -> list[tuple[Block, int, int]]:
+    """Each block with the input height and width it sees."""
+    height, width = image_size
+    placed = []
+    for block in structure.blocks:
+        placed.append((block, height, width))
+        height, width = down(height, block.stride), down(width, block.stride)
+    return placed
 
 
 def stage_ends(structure: Structure) -> list[int]:
