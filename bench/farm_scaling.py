@@ -20,14 +20,15 @@ import tempfile
 import time
 from pathlib import Path
 
-from maedet_deploy.search.evolution import SearchSettings, new_state, run_search
-from maedet_deploy.search.farm import DEFAULT_WINDOW, FarmMeasurer, open_farm
+from maedet_deploy.search import (LatencySettings, LatencyTarget, MeasureLimits, Request, SearchJob, SearchSettings,
+                                  TimingSettings, block_requests, measure_window, network_requests, open_measurer,
+                                  run_search_job)
+from maedet_deploy.search.farm import WINDOW, open_farm
 from maedet_deploy.search.farm.executor import deal_windows
 from maedet_deploy.search.farm.local import LocalFarm
-from maedet_deploy.search.latency import LatencyRun, LatencySession, LatencySettings, profile_plan
-from maedet_deploy.search.measurer import (LatencyTarget, Request, TimingSettings, block_requests, network_requests,
-                                           open_measurer)
-from maedet_deploy.structure import Structure
+from maedet_deploy.search.plan import profile_plan
+from maedet_deploy.search.session import LatencySession
+from maedet_deploy.structure import load_structure
 from maedet_deploy.zoo import get_structure
 
 DEVICE = "cpu-core"
@@ -36,12 +37,12 @@ TARGET = LatencyTarget(threads=1)
 
 def session(measurer, args) -> LatencySession:
     return LatencySession(measurer, "k1kxk1", get_structure("maedet-seed"), (args.image_size, args.image_size),
-                          args.scope, plan_networks=args.networks, plan_whole=args.whole)
+                          args.scope, walks=args.walks)
 
 
 def plan_requests(args) -> list[Request]:
     size = (args.image_size, args.image_size)
-    plan = profile_plan("k1kxk1", get_structure("maedet-seed"), size, networks=args.networks, whole=args.whole)
+    plan = profile_plan("k1kxk1", get_structure("maedet-seed"), size, walks=args.walks)
     return block_requests(plan.blocks) + network_requests(plan.networks, size, args.scope)
 
 
@@ -52,17 +53,13 @@ def child(args) -> None:
     measurer = open_measurer(TARGET, args.cache, TimingSettings())
     start = time.perf_counter()
     if args.in_windows:
-        from maedet_deploy.search.farm.task import _measure_window
-
         for window in deal_windows(plan_requests(args), args.window, 1):
-            for request, entry in zip(window, _measure_window(TARGET, measurer.timing, window)):
+            for request, entry in measure_window(TARGET, measurer.timing, window, MeasureLimits(len(window))):
                 measurer.cache.put(request.item, entry)
-                measurer.counters.measured += 1
-                measurer.counters.export_s += entry.export_s
-                measurer.counters.timing_s += entry.measure_s
+                measurer.counters.add(entry)
         print(json.dumps({"wall_s": time.perf_counter() - start, **measurer.counters.to_dict()}))
     elif args.structure:
-        structure = Structure.from_dicts(json.loads(Path(args.structure).read_text()))
+        structure = load_structure(args.structure)
         print(json.dumps({"ms": measurer.networks([structure], (args.image_size,) * 2, args.scope)[0]}))
     else:
         session(measurer, args).prepare()
@@ -71,11 +68,11 @@ def child(args) -> None:
 
 
 def in_process(args, cache: Path, structure: Path | None = None, windows: bool = False) -> dict:
-    """A child pinned to core 0: the profile as one batch (as `maedet-deploy profile` measures it),
+    """A child pinned to core 0: the profile in its default windows (as `maedet-deploy profile` measures it),
     or in the farm's windows one after another (the farm's work without Ray), or one structure."""
     command = ["taskset", "-c", "0", sys.executable, __file__, "--child", "--cache", str(cache),
-               "--image-size", str(args.image_size), "--scope", args.scope, "--networks", str(args.networks),
-               "--whole", str(args.whole), "--window", str(args.window)]
+               "--image-size", str(args.image_size), "--scope", args.scope, "--walks", str(args.walks),
+               "--window", str(args.window)]
     command += (["--structure", str(structure)] if structure else []) + (["--in-windows"] if windows else [])
     done = subprocess.run(command, capture_output=True, text=True, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -86,12 +83,14 @@ def farm_profile(address: str, cache: Path, args) -> tuple[dict, dict, float]:
     start = time.perf_counter()
     executor = open_farm(address, DEVICE)
     joined = time.perf_counter() - start
-    measurer = FarmMeasurer(executor, str(cache), TARGET, TimingSettings(), window=args.window)
+    measurer = open_measurer(TARGET, str(cache), TimingSettings(), MeasureLimits(window=args.window), executor)
     start = time.perf_counter()
     session(measurer, args).prepare()
     counters = {"wall_s": time.perf_counter() - start, **measurer.counters.to_dict()}
     measurer.close()
-    return counters, executor.report(), joined
+    report = executor.report()
+    executor.close()
+    return counters, report, joined
 
 
 def what_travels(args, sample: int = 12) -> dict:
@@ -125,39 +124,32 @@ def _resource() -> str:
 
 
 def farm_search(address: str, cache: Path, args) -> dict:
-    """A latency search whose every measurement runs on the farm (the Measurer swapped for the
-    shim), budget `args.budget_factor` x the seed's latency."""
-    executor = open_farm(address, DEVICE)
+    """A latency search whose every measurement runs on the farm (`search --farm`), budget
+    `args.budget_factor` x the seed's latency."""
     image_size = (args.image_size, args.image_size)
     init = get_structure("maedet-seed")
-    profiled = FarmMeasurer(executor, str(cache), TARGET)
-    seed_ms = profiled.networks([init], image_size, args.scope)[0]     # from the profile's cache
-    profiled.close()
-    settings = LatencySettings(seed_ms * args.budget_factor, TARGET, args.scope, cache_path=str(cache),
-                               plan_networks=args.networks, plan_whole=args.whole, check_every=5)
-    run = LatencyRun(settings, image_size, "k1kxk1", init)
-    run.measurer.close()
-    run.measurer = run.session.measurer = FarmMeasurer(executor, str(cache), TARGET, window=args.window)
-    budget = run.prepare()
-    search = SearchSettings(image_size=image_size, iterations=args.iterations, population=32, seed=0)
-    start = time.perf_counter()
-    state = run_search(new_state(search, init, [budget]), [budget], on_batch=run.guard)
-    verification, _, report = run.finish(state, time.perf_counter() - start)
-    run.close()
-    winner = verification.winner
-    structure = state.population.best().structure if winner else None
-    return {"budget_ms": settings.limit_ms, "seed_ms": seed_ms, "winner": report["winner"],
-            "measured": report["measurements"]["measured"],
-            "structure": None if structure is None else structure.to_dicts()}
+    with open_farm(address, DEVICE) as executor:
+        profiled = open_measurer(TARGET, str(cache), executor=executor)
+        seed_ms = profiled.networks([init], image_size, args.scope)[0]     # from the profile's cache
+        profiled.close()
+        latency = LatencySettings(seed_ms * args.budget_factor, TARGET, args.scope, latency_cache=str(cache),
+                                  profile_walks=args.walks, latency_check_every=5)
+        job = SearchJob(Path(tempfile.mkdtemp(prefix="farm-search-")),
+                        SearchSettings(image_size=image_size, iterations=args.iterations, population=32, seed=0),
+                        init, latency=latency, limits=MeasureLimits(window=args.window), executor=executor)
+        outcome = run_search_job(job)
+    report = outcome.report["latency"]
+    winner = json.loads((job.out / "best_structure.json").read_text()) if outcome.found else None
+    return {"budget_ms": latency.latency_ms, "seed_ms": seed_ms, "winner": report["winner"],
+            "measured": report["measurements"]["measured"], "structure": winner}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--image-size", type=int, default=160)
     parser.add_argument("--scope", default="backbone")
-    parser.add_argument("--networks", type=int, default=8)
-    parser.add_argument("--whole", type=int, default=4)
-    parser.add_argument("--window", type=int, default=DEFAULT_WINDOW)
+    parser.add_argument("--walks", type=int, default=12)
+    parser.add_argument("--window", type=int, default=WINDOW)
     parser.add_argument("--budget-factor", type=float, default=1.3)
     parser.add_argument("--iterations", type=int, default=2000)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -184,7 +176,7 @@ def measure_all(args) -> tuple:
         travels = what_travels(args)
         search = farm_search(farm.address, work / "two.sqlite", args)
     if search["structure"]:
-        (work / "winner.json").write_text(json.dumps(search["structure"]))
+        (work / "winner.json").write_text(json.dumps(search["structure"]))   # best_structure.json as written
         search["in_process_ms"] = in_process(args, work / "winner.sqlite", work / "winner.json")["ms"]
     return local, windowed, one, two, travels, search, agreement
 
@@ -206,7 +198,7 @@ def _agreement(work: Path) -> dict:
 
 def report(args, local, windowed, one, two, travels, search, agreement) -> None:
     n = local["measured"]
-    print(f"profile: k1kxk1 seed, {args.scope} at {args.image_size}, {args.networks} networks, {args.whole} walks, "
+    print(f"profile: k1kxk1 seed, {args.scope} at {args.image_size}, the seed and {args.walks} walks, "
           f"window {args.window}; {n} measurements, the same cache rows in all four runs: {agreement['same_keys']}")
     print(f"{'run':<14}{'wall s':>9}{'measured':>10}{'export s':>10}{'timing s':>10}{'join s':>8}")
     rows = (("in process", local, None), ("in windows", windowed, None), ("farm 1 node", *one[::2]),

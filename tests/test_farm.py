@@ -20,9 +20,9 @@ from nets import TINY
 from maedet_deploy.errors import MaedetError
 from maedet_deploy.search.farm.local import HEAD_IP, LocalFarm, free_port
 from maedet_deploy.search.farm.task import TEMP_PREFIX, task_folder
-from maedet_deploy.search.latency import LatencySession
-from maedet_deploy.search.measurer import (LatencyTarget, TimingSettings, block_requests, network_requests,
-                                           open_measurer)
+from maedet_deploy.search.measurer import (LatencyTarget, MeasureLimits, TimingSettings, block_requests,
+                                           network_requests, open_measurer)
+from maedet_deploy.search.session import LatencySession
 
 SIZE = (64, 64)
 FAST = TimingSettings(visits=2, round_s=0.01, min_iterations=3, patience=0.0)
@@ -32,7 +32,7 @@ DEVICE = "cpu-test"
 
 def plan_session(measurer) -> LatencySession:
     """The profile a small search needs (about 20 blocks and networks at 64x64)."""
-    return LatencySession(measurer, "k1kxk1", TINY, SIZE, "backbone", plan_networks=1, plan_whole=2)
+    return LatencySession(measurer, "k1kxk1", TINY, SIZE, "backbone", walks=2)
 
 
 def cache_keys(path: Path) -> set[tuple[str, str, str]]:
@@ -50,13 +50,13 @@ def farm(tmp_path_factory):
 
 
 def test_profile_through_the_farm_fills_the_cache_like_in_process(farm, tmp_path):
-    from maedet_deploy.search.farm import FarmMeasurer, open_farm
+    from maedet_deploy.search.farm import open_farm
 
     local = open_measurer(TARGET, str(tmp_path / "local.sqlite"), FAST)
     plan_session(local).prepare()
     local.close()
     executor = open_farm(farm.address)
-    measurer = FarmMeasurer(executor, str(tmp_path / "farm.sqlite"), TARGET, FAST, window=3)
+    measurer = open_measurer(TARGET, str(tmp_path / "farm.sqlite"), FAST, MeasureLimits(window=3), executor)
     steps = []
     plan_session(measurer).prepare(lambda done, total, what: steps.append(what))
     measurer.close()
@@ -77,22 +77,23 @@ def test_profile_through_the_farm_fills_the_cache_like_in_process(farm, tmp_path
 
 
 def test_a_killed_node_loses_nothing_and_counts_nothing_twice(farm, tmp_path):
-    from maedet_deploy.search.farm import FarmMeasurer, open_farm
+    from maedet_deploy.search.farm import open_farm
 
     farm.add_worker("127.0.0.5", DEVICE)
     executor = open_farm(farm.address, DEVICE)
     assert len(executor.fleet.nodes) == 3
-    measurer = FarmMeasurer(executor, str(tmp_path / "c.sqlite"), TARGET, FAST)
+    measurer = open_measurer(TARGET, str(tmp_path / "c.sqlite"), FAST, executor=executor)
     plan = plan_session(measurer).plan
     requests = block_requests(plan.blocks[:9]) + network_requests(plan.networks[:3], SIZE, "backbone")
     windows = [requests[start:start + 2] for start in range(0, len(requests), 2)]
     victim, killed, seen = "127.0.0.5", False, []
-    for measured in executor.run(measurer.target, FAST, windows):
-        measurer.cache.put(measured.request.item, measured.entry)
-        seen.append((measured.request.item, measured.node))
+    for request, entry in executor.run(measurer.target, FAST, MeasureLimits(window=2), windows):
+        measurer.cache.put(request.item, entry)
+        node = entry.details["farm_node"]
+        seen.append((request.item, node))
         # Every device holds a window, except the one that just reported: if that is not the
         # victim, the victim is mid-window now.
-        if not killed and victim not in measured.node and executor.busy == executor.devices - 1:
+        if not killed and victim not in node and executor.busy == executor.devices - 1:
             farm.kill(victim)
             killed = len(seen)
     assert killed and killed < len(requests)
@@ -119,7 +120,7 @@ def test_a_node_with_another_fingerprint_is_refused_by_name(farm):
     assert all("127.0.0.6" not in node.label for node in executor.fleet.nodes)
     assert executor.report()["refused"] == lines and "\n" not in "".join(lines)
     windows = [network_requests([TINY], (32 + 8 * i, 32), "backbone") for i in range(2)]
-    labels = {measured.node for measured in executor.run(TARGET, FAST, windows)}
+    labels = {entry.details["farm_node"] for _, entry in executor.run(TARGET, FAST, MeasureLimits(), windows)}
     assert labels and all("127.0.0.6" not in label for label in labels)
     farm.kill("127.0.0.6")
     executor.close()
@@ -131,7 +132,7 @@ def test_a_window_past_the_timeout_is_retried_once_then_reported(farm):
     executor = open_farm(farm.address, DEVICE, timeout_s=0.05)
     windows = [network_requests([TINY], SIZE, "backbone")]
     with pytest.raises(MaedetError) as error:
-        list(executor.run(TARGET, FAST, windows))
+        list(executor.run(TARGET, FAST, MeasureLimits(), windows))
     assert error.value.setting == "farm" and "hung past 0.05 s twice" in error.value.message
     assert windows[0][0].item in error.value.message and executor.timed_out == [windows[0][0].item]
     executor.close()

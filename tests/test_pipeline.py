@@ -19,7 +19,7 @@ from pathlib import Path
 import onnx
 import pytest
 
-from cli_helpers import cli, run_cli
+from cli_helpers import cli
 from maedet_deploy.cli.pipeline_cmd import reproduce_commands
 from maedet_deploy.errors import MaedetError
 from maedet_deploy.outlock import LOCK_NAME
@@ -35,7 +35,7 @@ SIZE = 64
 
 TINY_OPTIONS = dict(latency_ms=None, speedup=0.5, image_size=SIZE, backend="onnxruntime", iterations=256,
                     population=8, num_classes=4, num_images=4, holdout=3, bench_seconds=0.2, threads=1,
-                    quiet_wait=0.0, profile_networks=2, profile_whole=2, latency_check_every=4)
+                    quiet_wait=0.0, profile_walks=2, latency_check_every=4)
 
 
 def tiny_settings(tmp_path, tiny_file, **changes) -> PipelineSettings:

@@ -49,6 +49,24 @@ def test_mutations_keep_every_constraint(space):
     assert changed > 750  # clamps at caps make some mutations no-ops, as in the reference
 
 
+def test_mutations_without_a_layer_budget_stay_inside_the_structure_limits():
+    from dataclasses import replace
+
+    from maedet_deploy.structure.limits import Limits
+
+    limits = Limits()
+    seed = get_structure("maedet-seed")
+    deep = Structure(tuple(replace(b, depth=limits.depth - 1) if i == 2 else b for i, b in enumerate(seed.blocks)))
+    mutator = Mutator(get_space("k1kxk1"), deep, 64)
+    rng, structure = random.Random(1), deep
+    for _ in range(400):
+        structure = mutator.mutate(structure, rng)
+        assert max(b.depth for b in structure.blocks) <= limits.depth and structure.layers <= limits.layers
+    with pytest.raises(MaedetError) as error:
+        get_space("k1kxk1", max_channels=limits.channels + 8)
+    assert error.value.setting == "max_channels"
+
+
 def test_fine_phase_only_changes_widths():
     seed = get_structure("maedet-seed")
     mutator = Mutator(get_space("k1kxk1"), seed, 480)

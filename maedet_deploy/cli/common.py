@@ -95,7 +95,12 @@ VerifyTopOption = Annotated[int, typer.Option(
          "budget.")]
 LatencyCheckEveryOption = Annotated[int, typer.Option(
     help="Search batches between guard checks (the best members measured whole, predictor corrected).")]
-ProfileNetworksOption = Annotated[int, typer.Option(
-    help="Random networks whose blocks fit the latency predictor (as `profile --networks`).")]
-ProfileWholeOption = Annotated[int, typer.Option(
-    help="Mutation walks from the seed measured whole to fit the predictor's correction (as `profile --whole`).")]
+WalksOption = Annotated[int, typer.Option(
+    help="Mutation walks from the seed the latency predictor is fitted on, each measured whole and block by block.")]
+FarmOption = Annotated[Optional[str], typer.Option(
+    metavar="HOST:PORT",
+    help="Measure latency on the Ray device farm whose head is at this address (devices join it with "
+         "`maedet-deploy worker`; needs the [farm] extra); default: on this machine.")]
+DeviceOption = Annotated[Optional[str], typer.Option(
+    help="Which device kind of the --farm measures, when it holds several (their names as `worker --device` gave "
+         "them).")]

@@ -9,9 +9,8 @@ import typer
 
 from ..errors import MaedetError
 from ..pipeline import PipelineSettings, run_pipeline
-from .common import (LatencyCacheOption, LatencyCheckEveryOption, LatencyThreadsOption, ProfileNetworksOption,
-                     ProfileWholeOption, QuietWaitOption, VerifyTopOption, console, format_image_size,
-                     parse_image_size)
+from .common import (DeviceOption, FarmOption, LatencyCacheOption, LatencyCheckEveryOption, LatencyThreadsOption,
+                     QuietWaitOption, VerifyTopOption, WalksOption, console, format_image_size, parse_image_size)
 from .search_cmd import run_with_progress
 
 if TYPE_CHECKING:
@@ -51,8 +50,9 @@ def pipeline(
     quiet_wait: QuietWaitOption = 10.0,
     verify_top: VerifyTopOption = 3,
     latency_check_every: LatencyCheckEveryOption = 40,
-    profile_networks: ProfileNetworksOption = 24,
-    profile_whole: ProfileWholeOption = 8,
+    profile_walks: WalksOption = PipelineSettings.profile_walks,
+    farm: FarmOption = None,
+    device: DeviceOption = None,
 ) -> None:
     """From a latency budget to a benchmarked INT8 detector and a report, in one command.
 
@@ -72,7 +72,7 @@ def pipeline(
         init=init, baseline=baseline, num_classes=num_classes, images=images, method=method, num_images=num_images,
         holdout=holdout, bench_seconds=bench_seconds, latency_cache=latency_cache, threads=threads,
         quiet_wait=quiet_wait, verify_top=verify_top, latency_check_every=latency_check_every,
-        profile_networks=profile_networks, profile_whole=profile_whole)
+        profile_walks=profile_walks, farm=farm, device=device)
     result = run_pipeline(settings, log=lambda line: console.print(f"[bold]stage[/] {line}", highlight=False),
                           search_runner=run_with_progress, reproduce=reproduce_commands)
     _print_result(result.summary, result.report)
@@ -102,8 +102,8 @@ def reproduce_commands(plan: "Plan", budget: "Budget") -> list[str]:
     """The pipeline command, then the same run as separate commands (stage by stage)."""
     settings, backend = plan.settings, plan.backend
     out, size = Path(settings.out), format_image_size(settings.size)
-    tuning = ("threads", "quiet_wait", "latency_cache", "verify_top", "latency_check_every", "profile_networks",
-              "profile_whole")
+    tuning = ("threads", "quiet_wait", "latency_cache", "verify_top", "latency_check_every", "profile_walks", "farm",
+              "device")
     search_flags = (f" --layers {settings.layers}" if settings.layers else "") + _flags(
         settings, ("iterations", "population", "seed", "init", "batch", *tuning))
     export = f"--image-size {size} --num-classes {settings.num_classes} --batch {settings.batch}"

@@ -8,12 +8,14 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from ..search import SPACES, LatencySettings, LatencyTarget, MeasureLimits, ProfileOutcome, TimingSettings, profile_latency
+from ..search import (SPACES, LatencySettings, LatencyTarget, MeasureLimits, ProfileOutcome, TimingSettings,
+                      open_executor, profile_latency)
 from ..structure.cost import as_hw
 from ..zoo import resolve_structure
-from .common import LatencyCacheOption, LatencyThreadsOption, QuietWaitOption, console, parse_image_size, print_json
+from .common import (DeviceOption, FarmOption, LatencyCacheOption, LatencyThreadsOption, QuietWaitOption, WalksOption,
+                     console, parse_image_size, print_json)
 from .search_cmd import (BackendOption, BatchOption, DiskOption, InitOption, MaxChannelsOption, MemoryOption,
-                         PrecisionOption, PriorOption, ScopeOption, WalksOption)
+                         PrecisionOption, PriorOption, ScopeOption)
 
 
 def profile(
@@ -32,13 +34,18 @@ def profile(
     measure_memory_mb: MemoryOption = MeasureLimits.memory_mb,
     measure_disk_mb: DiskOption = MeasureLimits.disk_mb,
     latency_prior: PriorOption = None,
+    farm: FarmOption = None,
+    device: DeviceOption = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
     """Measure what a latency search of this space needs, so searches start at once.
 
-    Measures the seed whole, then the seed and --profile-walks mutation walks from it, block by block (each block alone at its input size) and whole: what `search --latency-ms` with the same space, seed, image size and target fits its predictor on. Each thing is timed in short visits spread over its window of measurements, so a slow spell of a shared host cannot skew it; each measurement is in the cache as soon as it is done. Entries already in the cache are reused.
+    Measures the seed whole, then the seed and --profile-walks mutation walks from it, block by block (each block alone at its input size) and whole: what `search --latency-ms` with the same space, seed, image size and target fits its predictor on. Each thing is timed in short visits spread over its window of measurements, so a slow spell of a shared host cannot skew it; each measurement is in the cache as soon as it is done (keyed by the measuring device's fingerprint: this machine's, or the --farm fleet's). Entries already in the cache are reused.
 
-    Example: maedet-deploy profile --image-size 320 --latency-scope detector
+    Examples (here; on the orin-nx devices of a Ray farm):
+
+      maedet-deploy profile --image-size 320 --latency-scope detector
+      maedet-deploy profile --image-size 320 --latency-scope detector --backend tensorrt --farm 10.0.0.5:6379 --device orin-nx
     """
     settings = LatencySettings(float("inf"), LatencyTarget(backend, precision, batch, threads), latency_scope,
                                latency_cache=latency_cache, profile_walks=profile_walks,
@@ -50,10 +57,11 @@ def profile(
         def advance(done: int, total: int, item: str) -> None:
             progress.update(task, completed=done, total=total, info=item.split("@")[0][:48])
 
-        outcome = profile_latency(settings, as_hw(parse_image_size(image_size)), space, resolve_structure(init),
-                                  max_channels, TimingSettings.for_backend(backend, patience=quiet_wait),
-                                  MeasureLimits(memory_mb=measure_memory_mb, disk_mb=measure_disk_mb),
-                                  progress=advance)
+        with open_executor(farm, device, progress.console.print) as executor:
+            outcome = profile_latency(settings, as_hw(parse_image_size(image_size)), space, resolve_structure(init),
+                                      max_channels, TimingSettings.for_backend(backend, patience=quiet_wait),
+                                      MeasureLimits(memory_mb=measure_memory_mb, disk_mb=measure_disk_mb), executor,
+                                      progress=advance)
     if json_output:
         print_json(summary(outcome, settings, space))
     else:

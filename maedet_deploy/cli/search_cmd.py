@@ -11,11 +11,14 @@ from rich.table import Table
 
 from ..search import (DEFAULT_ALPHA, SCOPES, SPACES, TARGET_PRECISIONS, LatencyOutcome, LatencySettings,
                       LatencyTarget, MeasureLimits, SearchJob, SearchOutcome, SearchSettings, TimingSettings,
-                      budget_usage, cost_budgets, parse_alpha, run_search_job)
+                      budget_usage, cost_budgets, open_executor, parse_alpha, run_search_job)
 from ..search.evolution import candidates_per_second
 from ..structure.cost import as_hw
 from ..zoo import resolve_structure
-from .common import LatencyCacheOption, LatencyThreadsOption, QuietWaitOption, console, human, parse_image_size
+from ..errors import MaedetError
+from ..outlock import output_lock
+from .common import (DeviceOption, FarmOption, LatencyCacheOption, LatencyCheckEveryOption, LatencyThreadsOption,
+                     QuietWaitOption, VerifyTopOption, WalksOption, console, human, parse_image_size)
 
 ALPHA_TEXT = ",".join(f"{a:g}" for a in DEFAULT_ALPHA)
 
@@ -28,8 +31,6 @@ ScopeOption = Annotated[str, typer.Option("--latency-scope", "--scope", help=f"W
                                           f"{', '.join(SCOPES)} (backbone + PAN neck + head at --image-size).")]
 InitOption = Annotated[str, typer.Option(help="Seed structure: zoo name or file; must fit every budget.")]
 MaxChannelsOption = Annotated[int, typer.Option(help="Channel cap for mutations.")]
-WalksOption = Annotated[int, typer.Option(help="Mutation walks from the seed the latency predictor is fitted on, "
-                                               "each measured whole and block by block.")]
 MemoryOption = Annotated[float, typer.Option(help="MB of models kept loaded between visits while measuring latency; "
                                                   "the others are rebuilt from their graph for every visit.")]
 PriorOption = Annotated[Optional[str], typer.Option(help="A latency cache holding another device's (or target's) profile of the same space, seed, image size and scope: its predictor is scaled by the seed and 3 walks measured here instead of the whole profile.")]
@@ -64,22 +65,26 @@ def search(
     precision: PrecisionOption = "fp32",
     threads: LatencyThreadsOption = None,
     latency_scope: ScopeOption = "backbone",
-    verify_top: Annotated[int, typer.Option(help="Best candidates measured whole at the end; the winner is the "
-                                                 "best-scoring one within the budget.")] = 3,
-    latency_check_every: Annotated[int, typer.Option(help="Batches between guard checks (the best members measured "
-                                                          "whole, predictor corrected).")] = 40,
+    verify_top: VerifyTopOption = LatencySettings.verify_top,
+    latency_check_every: LatencyCheckEveryOption = LatencySettings.latency_check_every,
     latency_cache: LatencyCacheOption = None,
     quiet_wait: QuietWaitOption = 10.0,
     profile_walks: WalksOption = LatencySettings.profile_walks,
     measure_memory_mb: MemoryOption = MeasureLimits.memory_mb,
     measure_disk_mb: DiskOption = MeasureLimits.disk_mb,
     latency_prior: PriorOption = None,
+    farm: FarmOption = None,
+    device: DeviceOption = None,
 ) -> None:
     """Evolve backbones that maximise the multi-scale entropy under FLOPs/params/layers/latency budgets.
 
-    Example (the paper's detection recipe, a few seconds): maedet-deploy search --flops 18.8e9 --layers 91 --image-size 480 --out runs/r50
+    With --latency-ms, candidates are screened by a predictor fitted on the seed and --profile-walks mutation walks from it, measured on this machine (or on the devices of a --farm) block by block and whole (`maedet-deploy profile` pre-fills the cache), the best members are measured whole every --latency-check-every batches, and the top --verify-top at the end. --workers then parallelizes scoring and predicting only: measuring runs between batches, never two things at once on a device. One search at a time may use an output folder.
 
-    With --latency-ms, candidates are screened by a predictor fitted on the seed and --profile-walks mutation walks from it, measured on this machine block by block and whole (`maedet-deploy profile` pre-fills the cache), the best members are measured whole every --latency-check-every batches, and the top --verify-top at the end. --workers then parallelizes scoring and predicting only: measuring runs in the main process between batches, never two at once.
+    Examples (the paper's detection recipe, a few seconds; a 60 ms detector at 320x320 measured here; the same measured on a farm's Jetsons):
+
+      maedet-deploy search --flops 18.8e9 --layers 91 --image-size 480 --out runs/r50
+      maedet-deploy search --latency-ms 60 --latency-scope detector --layers 91 --image-size 320 --out runs/l60
+      maedet-deploy search --latency-ms 8 --backend tensorrt --farm 10.0.0.5:6379 --device orin-nx --out runs/orin
     """
     settings = SearchSettings(image_size=as_hw(parse_image_size(image_size)), iterations=iterations,
                               population=population, seed=seed, space=space, alpha=parse_alpha(alpha),
@@ -92,7 +97,11 @@ def search(
                     latency, TimingSettings.for_backend(backend, patience=quiet_wait), workers, checkpoint_every,
                     resume, top_k, MeasureLimits(memory_mb=measure_memory_mb, disk_mb=measure_disk_mb),
                     existing_checkpoint="refuse")
-    outcome = run_with_progress(job)
+    if farm and latency is None:
+        raise MaedetError("a farm measures latency: give --latency-ms too")
+    with open_executor(farm, device, console.print) as executor, output_lock(out, "search", console.print):
+        job.executor = executor
+        outcome = run_with_progress(job)
     print_summary(outcome)
     if not outcome.found:
         print_no_winner(outcome.latency, out)

@@ -5,8 +5,12 @@ speed-up). The settings are never rewritten with it, so what the user asked for 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 from .settings import Plan
+
+if TYPE_CHECKING:
+    from ..search.measurer import Executor
 
 
 @dataclass(frozen=True)
@@ -26,13 +30,13 @@ class Budget:
         return f"{self.latency_ms:g} ms, as given"
 
 
-def resolve_budget(plan: Plan) -> Budget:
-    """The budget the search must meet; with a speed-up this measures the baseline detector (as the
-    search measures candidates, and cached with them)."""
+def resolve_budget(plan: Plan, executor: Executor) -> Budget:
+    """The budget the search must meet; with a speed-up this measures the baseline detector (where
+    and as the search measures candidates, and cached with them)."""
     settings = plan.settings
     if settings.speedup is None:
         return Budget(float(settings.latency_ms), "latency_ms")
-    baseline_ms = measure_baseline(plan)
+    baseline_ms = measure_baseline(plan, executor)
     return Budget(round(baseline_ms / settings.speedup, 3), "speedup", settings.speedup, baseline_ms)
 
 
@@ -43,13 +47,13 @@ def latency_target(plan: Plan):
     return LatencyTarget(plan.backend, "fp32", plan.settings.batch, plan.settings.threads)
 
 
-def measure_baseline(plan: Plan) -> float:
+def measure_baseline(plan: Plan, executor: Executor) -> float:
     """The baseline detector's latency, measured as the search measures candidates."""
     from ..search.measurer import TimingSettings, open_measurer
 
     settings = plan.settings
     measurer = open_measurer(latency_target(plan), settings.latency_cache,
-                             TimingSettings.for_backend(plan.backend, patience=settings.quiet_wait))
+                             TimingSettings.for_backend(plan.backend, patience=settings.quiet_wait), executor=executor)
     try:
         return measurer.networks([plan.baseline], settings.size, settings.scope)[0]
     finally:

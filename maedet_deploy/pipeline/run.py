@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from ..atomic import write_text
 from ..outlock import output_lock
@@ -23,6 +23,9 @@ from .report import render_html, render_markdown
 from .settings import Plan, PipelineSettings, make_plan
 from .stages import StageResult, run_stage
 from .summary import PipelineSummary
+
+if TYPE_CHECKING:
+    from ..search.measurer import Executor
 
 Log = Callable[[str], None]
 Reproduce = Callable[[Plan, Budget], list[str]]
@@ -42,12 +45,14 @@ def run_pipeline(settings: PipelineSettings, log: Log = print, search_runner: Ca
     lists to redo the run stage by stage (the CLI's; none by default)."""
     plan = make_plan(settings)
     out = Path(settings.out)
-    with output_lock(out, "pipeline", log):
+    from ..search.measurer import open_executor
+
+    with open_executor(settings.farm, settings.device, log) as executor, output_lock(out, "pipeline", log):
         _remove_partial_files(out)
-        budget = resolve_budget(plan)
+        budget = resolve_budget(plan, executor)
         if budget.source == "speedup":
             log(f"budget: {budget.describe(settings.baseline)}")
-        stages = _run_stages(plan, budget, out, log, search_runner)
+        stages = _run_stages(plan, budget, out, log, search_runner, executor)
         summary = PipelineSummary.collect(plan, budget, stages, reproduce(plan, budget) if reproduce else [])
         markdown = render_markdown(summary)
         write_text(out / "report.md", markdown)
@@ -56,8 +61,8 @@ def run_pipeline(settings: PipelineSettings, log: Log = print, search_runner: Ca
     return PipelineResult(stages, out / "report.md", summary)
 
 
-def _run_stages(plan: Plan, budget: Budget, out: Path, log: Log,
-                search_runner: Callable | None) -> dict[str, StageResult]:
+def _run_stages(plan: Plan, budget: Budget, out: Path, log: Log, search_runner: Callable | None,
+                executor: Executor) -> dict[str, StageResult]:
     from ..search.job import run_search_job
 
     settings, done = plan.settings, {}
@@ -67,8 +72,8 @@ def _run_stages(plan: Plan, budget: Budget, out: Path, log: Log,
         log(f"{name}: {'reused from a previous run' if done[name].reused else f'done in {done[name].seconds:.1f} s'}")
         return done[name]
 
-    search = stage("search", _search_config(plan, budget),
-                   lambda d: steps.search(plan, budget, d, search_runner or run_search_job))
+    search = stage("search", _search_config(plan, budget, executor.device()[0]),
+                   lambda d: steps.search(plan, budget, d, search_runner or run_search_job, executor))
     export = stage("export", {"search": search.digest, "image_size": settings.size, "seed": settings.seed,
                               "num_classes": settings.num_classes, "baseline": plan.digests["baseline"],
                               "baseline_name": settings.baseline_runner, "batch": settings.batch},
@@ -88,13 +93,13 @@ def _run_stages(plan: Plan, budget: Budget, out: Path, log: Log,
     return done
 
 
-def _search_config(plan: Plan, budget: Budget) -> dict[str, Any]:
+def _search_config(plan: Plan, budget: Budget, device: str) -> dict[str, Any]:
     settings = plan.settings
     return {"latency_ms": budget.latency_ms, "image_size": settings.size, "batch": settings.batch,
             "backend": plan.backend, "scope": settings.scope, "layers": settings.layers,
             "iterations": settings.iterations, "population": settings.population, "seed": settings.seed,
             "init": plan.digests["init"], "verify_top": settings.verify_top, "threads": settings.threads,
-            "profile": [settings.profile_networks, settings.profile_whole], "check_every": settings.latency_check_every}
+            "profile_walks": settings.profile_walks, "check_every": settings.latency_check_every, "device": device}
 
 
 def _remove_partial_files(out: Path) -> None:

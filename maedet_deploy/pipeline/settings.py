@@ -22,7 +22,7 @@ _RANGES: dict[str, tuple[float | None, float | None]] = {
     "latency_ms": (1e-6, None), "speedup": (1e-6, None), "batch": (1, 4096), "layers": (0, Limits().layers),
     "iterations": (1, None), "population": (1, None), "seed": (0, 2**63 - 1), "num_classes": (1, Limits().channels),
     "num_images": (1, None), "holdout": (0, None), "bench_seconds": (1e-3, 86_400), "verify_top": (1, None),
-    "threads": (1, 4096), "quiet_wait": (0, 86_400), "profile_networks": (0, None), "profile_whole": (0, None),
+    "threads": (1, 4096), "quiet_wait": (0, 86_400), "profile_walks": (1, None),
     "latency_check_every": (1, None),
 }
 
@@ -55,9 +55,10 @@ class PipelineSettings:
     verify_top: int = 3
     threads: int | None = None
     quiet_wait: float = 10.0
-    profile_networks: int = 24
-    profile_whole: int = 8
+    profile_walks: int = 12
     latency_check_every: int = 40
+    farm: str | None = None      # a Ray farm's address: measure there, on its `device` kind
+    device: str | None = None
 
     @property
     def size(self) -> tuple[int, int]:

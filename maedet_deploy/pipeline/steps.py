@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from ..atomic import write_bytes
 from ..errors import MaedetError
@@ -15,13 +15,17 @@ from .results import BenchSummary, CalibrationResult, ExportResult, SearchResult
 from .settings import Plan, PipelineSettings
 from .stages import StageResult
 
+if TYPE_CHECKING:
+    from ..search.measurer import Executor
+
 BENCH_ROUNDS = 6  # models take turns, so drifting machine speed hits them alike
 BENCH_WARMUP = 0.2  # seconds per model before its first round; never longer than the timed seconds
 PART_SEPARATOR = ": "  # bench rows are "<model>: network" and "<model>: end to end"
 
 
-def search(plan: Plan, budget: Budget, directory: Path, runner: Callable) -> dict[str, Any]:
-    """The latency-budgeted search; `runner(job)` runs it (with or without progress display)."""
+def search(plan: Plan, budget: Budget, directory: Path, runner: Callable, executor: Executor) -> dict[str, Any]:
+    """The latency-budgeted search, measured by `executor`; `runner(job)` runs it (with or without
+    progress display)."""
     from ..search.budgets import cost_budgets
     from ..search.evolution import SearchSettings
     from ..search.job import SearchJob
@@ -30,12 +34,12 @@ def search(plan: Plan, budget: Budget, directory: Path, runner: Callable) -> dic
 
     settings = plan.settings
     latency = LatencySettings(budget.latency_ms, latency_target(plan), settings.scope, settings.verify_top,
-                              settings.latency_check_every, cache_path=settings.latency_cache,
-                              plan_networks=settings.profile_networks, plan_whole=settings.profile_whole)
+                              settings.latency_check_every, latency_cache=settings.latency_cache,
+                              profile_walks=settings.profile_walks)
     job = SearchJob(directory, SearchSettings(image_size=settings.size, iterations=settings.iterations,
                                               population=settings.population, seed=settings.seed),
                     plan.init, cost_budgets(layers=settings.layers or None), latency,
-                    timing=TimingSettings.for_backend(plan.backend, patience=settings.quiet_wait))
+                    timing=TimingSettings.for_backend(plan.backend, patience=settings.quiet_wait), executor=executor)
     outcome = runner(job)
     if not outcome.found:
         closest = outcome.verification.closest()

@@ -13,7 +13,7 @@ same search, and a second run measures nothing new.
 from __future__ import annotations
 
 import time
-from dataclasses import InitVar, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import MaedetError
@@ -31,9 +31,7 @@ SCOPES = ("backbone", "detector")
 
 @dataclass
 class LatencySettings:
-    """A measured-latency budget and how to keep it; each field has its command-line flag's name.
-    (`cache_path`, `plan_networks` and `plan_whole` are read once, for callers written before the
-    plan measured walks only: the cache path, and walks for whole networks.)"""
+    """A measured-latency budget and how to keep it; each field has its command-line flag's name."""
 
     latency_ms: float
     target: LatencyTarget = field(default_factory=LatencyTarget)
@@ -44,13 +42,8 @@ class LatencySettings:
     latency_cache: str | None = None
     profile_walks: int = 12
     latency_prior: str | None = None  # a cache holding another device's or target's profile of this plan
-    cache_path: InitVar[str | None] = None
-    plan_networks: InitVar[int | None] = None
-    plan_whole: InitVar[int | None] = None
 
-    def __post_init__(self, cache_path: str | None, plan_networks: int | None, plan_whole: int | None) -> None:
-        self.latency_cache = self.latency_cache or cache_path
-        self.profile_walks = plan_whole if plan_whole is not None else self.profile_walks
+    def __post_init__(self) -> None:
         if not self.latency_ms > 0:
             raise MaedetError(f"must be positive, got {self.latency_ms:g}", setting="latency_ms")
         if self.latency_scope not in SCOPES:
@@ -116,6 +109,7 @@ class LatencyOutcome:
     times: LatencyTimes
     predictions: int
     pareto: list[dict[str, Any]]
+    farm: dict[str, Any] | None = None     # which farm node measured what (None: measured in this process)
 
     @property
     def winner(self) -> VerifiedCandidate | None:
@@ -137,6 +131,7 @@ class LatencyOutcome:
             "measurements": self.counters.to_dict(),
             "time_s": self.times.to_dict(),
             "predictions": self.predictions,
+            "farm": self.farm,
             "pareto": {"members": len(self.pareto), "front": sum(r["on_front"] for r in self.pareto),
                        "measured": sum(r["measured_ms"] is not None for r in self.pareto)},
         }
@@ -189,18 +184,14 @@ class LatencyRun:
         times = LatencyTimes(self.profile_s, search_s, self.budget.seconds if workers == 1 else None,
                              self.guard.seconds, verify_s, time.perf_counter() - start, self.measurer.counters.seconds,
                              self.measurer.counters.seconds - measuring_before, self.session.fit_s)
-        cache = self.measurer.cache
+        cache, executor = self.measurer.cache, self.measurer.executor
+        device, fingerprint = executor.device()
         return LatencyOutcome(
-            self.settings, self.where(), {"fingerprint_id": cache.device, **_fingerprint()}, str(cache.path),
+            self.settings, self.where(), {"fingerprint_id": device, **fingerprint}, str(cache.path),
             cache.target, self.seed_ms, verification, ErrorSummary.of(verification.out_of_sample_errors()),
             ErrorSummary.of(self.guard.errors()), self.session.fit_report(self.budget.predictor),
             self.budget.predictor.to_dict(), [c.to_dict() for c in self.guard.checks], self.measurer.counters, times,
-            self.budget.calls, front)
+            self.budget.calls, front, executor.report())
 
     def close(self) -> None:
         self.measurer.close()
-
-
-def _fingerprint() -> dict[str, Any]:
-    from ..backends import device_fingerprint
-    return device_fingerprint()

@@ -10,21 +10,29 @@ needs it measures it again (once: what a measurer measured itself is final for i
 The plug-in point for measuring elsewhere (a device farm):
 
     class Executor(Protocol):
+        def device(self) -> tuple[str, dict]: ...      # fingerprint id and fingerprint
+        def target(self, target: LatencyTarget) -> LatencyTarget: ...
         def run(self, target: LatencyTarget, timing: TimingSettings, limits: MeasureLimits,
                 windows: Sequence[Sequence[Request]], progress: Progress | None
                 ) -> Iterator[tuple[Request, Entry]]: ...
+        def report(self) -> dict | None: ...             # which node measured what
         def close(self) -> None: ...
 
-An executor measures the windows' requests (with `window.measure_window`, in
-this process or another) and yields (request, entry) as each completes, in any
-order; it touches no cache. `InProcessExecutor` is the default and needs
-nothing else. Everything it is given pickles; `close` ends what it started.
+An executor names the device it measures on (the cache's key), resolves the
+target as that device runs it (threads), measures the windows' requests (with
+`window.measure_window`, in this process or another) and yields (request,
+entry) as each completes, in any order; it touches no cache.
+`InProcessExecutor` is the default and needs nothing else;
+`search.farm.FarmExecutor` measures on a Ray farm. Everything it is given
+pickles; `close` ends what it started.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator, Protocol, Sequence
+from typing import Any, Callable, Iterator, Protocol, Sequence
+
+from ..errors import MaedetError
 
 from ..progress import Progress
 from ..structure import Block, Structure
@@ -37,12 +45,18 @@ from .window import measure_window
 # block_item and network_item are read from here by code written before `requests` existed.
 __all__ = ["Executor", "InProcessExecutor", "LatencyTarget", "MeasureCounters", "MeasureLimits", "Measurer",
            "Request", "TimingSettings", "block_item", "block_requests", "network_item", "network_requests",
-           "open_measurer"]
+           "open_executor", "open_measurer"]
 
 
 class Executor(Protocol):
+    def device(self) -> tuple[str, dict[str, Any]]: ...
+
+    def target(self, target: LatencyTarget) -> LatencyTarget: ...
+
     def run(self, target: LatencyTarget, timing: TimingSettings, limits: MeasureLimits,
             windows: Sequence[Sequence[Request]], progress: Progress | None) -> Iterator[tuple[Request, Entry]]: ...
+
+    def report(self) -> dict[str, Any] | None: ...
 
     def close(self) -> None: ...
 
@@ -54,6 +68,15 @@ class InProcessExecutor:
     def __init__(self) -> None:
         self.exporter: Exporter | None = None
 
+    def device(self) -> tuple[str, dict[str, Any]]:
+        from ..backends import device_fingerprint, fingerprint_id
+
+        fingerprint = device_fingerprint()
+        return fingerprint_id(fingerprint), fingerprint
+
+    def target(self, target: LatencyTarget) -> LatencyTarget:
+        return target
+
     def run(self, target: LatencyTarget, timing: TimingSettings, limits: MeasureLimits,
             windows: Sequence[Sequence[Request]], progress: Progress | None) -> Iterator[tuple[Request, Entry]]:
         self.exporter = self.exporter or Exporter(overlaps=target.backend != "onnxruntime")
@@ -63,6 +86,29 @@ class InProcessExecutor:
     def close(self) -> None:
         if self.exporter is not None:
             self.exporter.close()
+
+    def report(self) -> dict[str, Any] | None:
+        """Where things were measured, when not here (None: in this process)."""
+        return None
+
+    def __enter__(self) -> "InProcessExecutor":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def open_executor(farm: str | None = None, device: str | None = None,
+                  warn: Callable[[str], None] | None = None) -> Executor:
+    """Where measurements run: on the Ray farm at `farm` (its `device` kind; refused nodes reported
+    through `warn`), else in this process. A context manager: it ends what it started."""
+    if farm is None:
+        if device is not None:
+            raise MaedetError("a device kind only applies to measuring on a farm", setting="device")
+        return InProcessExecutor()
+    from .farm import open_farm
+
+    return open_farm(farm, device, warn=warn)
 
 
 @dataclass
@@ -104,6 +150,7 @@ class Measurer:
 
     def __init__(self, target: LatencyTarget, cache: LatencyCache, timing: TimingSettings | None = None,
                  limits: MeasureLimits | None = None, executor: Executor | None = None) -> None:
+        self.owns_executor = executor is None    # a given executor is closed by whoever opened it
         self.target = target
         self.cache = cache
         self.timing = timing or TimingSettings.for_backend(target.backend)
@@ -114,7 +161,8 @@ class Measurer:
         self.measured_here: set[str] = set()   # final for this measurer, contended or not
 
     def close(self) -> None:
-        self.executor.close()
+        if self.owns_executor:
+            self.executor.close()
         self.cache.close()
 
     def blocks(self, placed: Sequence[tuple[Block, int, int]], progress: Progress | None = None) -> list[float]:
@@ -148,9 +196,10 @@ class Measurer:
 
 def open_measurer(target: LatencyTarget, cache_path: str | None, timing: TimingSettings | None = None,
                   limits: MeasureLimits | None = None, executor: Executor | None = None) -> Measurer:
-    """A measurer on `target` whose cache rows are this device's, this target's and this protocol's."""
-    from ..backends import device_fingerprint, fingerprint_id
-
-    fingerprint = device_fingerprint()
-    cache = LatencyCache(cache_path, fingerprint_id(fingerprint), fingerprint, target.cache_key())
+    """A measurer on `target` whose cache rows are the measuring device's (this one's by default,
+    the farm fleet's with a farm executor), this target's and this protocol's."""
+    measuring = executor or InProcessExecutor()
+    target = measuring.target(target)
+    device, fingerprint = measuring.device()
+    cache = LatencyCache(cache_path, device, fingerprint, target.cache_key())
     return Measurer(target, cache, timing, limits, executor)

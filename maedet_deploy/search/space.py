@@ -14,6 +14,9 @@ from dataclasses import dataclass, replace
 from ..errors import MaedetError
 from ..structure import K1DWK1, K1KXK1, KXKX, STEM, Block, Structure
 from ..structure.cost import ImageSize, as_hw
+from ..structure.limits import Limits
+
+LIMITS = Limits()   # mutations stay inside what a structure file may hold
 
 
 def round8(value: float) -> int:
@@ -48,6 +51,8 @@ def get_space(name: str, max_channels: int | None = None) -> Space:
         space = SPACES[name]
     except KeyError:
         raise MaedetError(f"unknown search space {name!r} (choose from {', '.join(SPACES)})") from None
+    if max_channels is not None and not 8 <= max_channels <= LIMITS.channels:
+        raise MaedetError(f"must be within 8-{LIMITS.channels}, got {max_channels}", setting="max_channels")
     return replace(space, max_channels=max_channels) if max_channels else space
 
 
@@ -63,7 +68,7 @@ class Mutator:
         if seed_structure.blocks[0].kind != STEM:
             raise MaedetError(f"the seed must start with a {STEM} stem block")
         self.space = space
-        self.max_layers = max_layers
+        self.max_layers = min(max_layers or LIMITS.layers, LIMITS.layers)
         size = float(min(as_hw(image_size)))
         self.kernel_caps = []
         for block in seed_structure.blocks:
@@ -122,13 +127,12 @@ class Mutator:
                 ratio = rng.choice([r for r in space.expansion_ratios if r != current])
                 return replace(block, btn=round8(block.cout * ratio))
             return replace(block, btn=self._bottleneck(block.cout, self._scale(rng, block.btn)))
-        depth = max(1, block.depth + rng.choice(space.depth_steps))
+        depth = max(1, min(LIMITS.depth, block.depth + rng.choice(space.depth_steps)))
         if index == 1:
             depth = min(depth, space.first_block_max_depth)
-        if self.max_layers is not None:
-            per_unit = block.layers // block.depth
-            room = self.max_layers - (layers - block.layers)
-            depth = max(1, min(depth, room // per_unit))
+        per_unit = block.layers // block.depth
+        room = self.max_layers - (layers - block.layers)
+        depth = max(1, min(depth, room // per_unit))
         return replace(block, depth=depth)
 
     def _nearest_ratio(self, ratio: float) -> float:

@@ -11,9 +11,8 @@ default needs no Ray.
 """
 
 from .connect import FARM_EXTRA, import_ray
-from .executor import DEFAULT_TIMEOUT_S, FarmExecutor, Measured, open_farm
+from .executor import DEFAULT_TIMEOUT_S, WINDOW, FarmExecutor, open_farm
 from .fleet import check_device_name, device_resource
-from .shim import DEFAULT_WINDOW, FarmMeasurer
 
-__all__ = ["DEFAULT_TIMEOUT_S", "DEFAULT_WINDOW", "FARM_EXTRA", "FarmExecutor", "FarmMeasurer", "Measured",
-           "check_device_name", "device_resource", "import_ray", "open_farm"]
+__all__ = ["DEFAULT_TIMEOUT_S", "FARM_EXTRA", "FarmExecutor", "WINDOW", "check_device_name", "device_resource",
+           "import_ray", "open_farm"]

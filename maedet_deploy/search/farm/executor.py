@@ -17,12 +17,13 @@ import time
 from collections import defaultdict, deque
 from dataclasses import dataclass, replace
 from types import ModuleType
-from typing import Any, Callable, Iterable, Iterator, NamedTuple, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from ...errors import MaedetError, first_line
 from ...progress import Progress
 from ..latency_cache import Entry
-from ..measurer import LatencyTarget, Request, TimingSettings
+from ..requests import Request
+from ..target import LatencyTarget, MeasureLimits, TimingSettings
 from .connect import connect
 from .fleet import Fleet, choose_device, device_nodes, form_fleet, probe_nodes
 from .task import WindowResult, measure_task
@@ -30,6 +31,8 @@ from .task import WindowResult, measure_task
 DEFAULT_TIMEOUT_S = 1800.0   # per window; a TensorRT engine build takes tens of seconds per request
 NODE_RETRIES = 3             # Ray's retries of a window whose node or worker process died
 POLL_S = 1.0                 # how often hung windows are looked for and progress is reported
+WINDOW = 8    # requests per task at most: visits spread over the window; a lost node costs at most one; small
+              # enough that the last windows do not leave devices idle (bench/farm_scaling.py)
 
 
 def deal_windows(requests: Sequence[Request], most: int, devices: int) -> list[list[Request]]:
@@ -48,14 +51,6 @@ def deal_windows(requests: Sequence[Request], most: int, devices: int) -> list[l
     return [mixed[begin:end] for begin, end in zip(cuts, cuts[1:])]
 
 
-class Measured(NamedTuple):
-    """One measured request, and the node (`FarmNode.label`) that measured it."""
-
-    request: Request
-    entry: Entry
-    node: str
-
-
 @dataclass
 class _Flight:
     window: Sequence[Request]
@@ -64,9 +59,9 @@ class _Flight:
 
 
 class FarmExecutor:
-    """Measures windows of requests on the fleet of one device kind of a Ray farm.
-    `run(target, timing, windows)` yields `Measured` as windows complete; `fingerprint` is the
-    fleet's (the latency cache's device key); `report()` says which node measured what."""
+    """The measurer's executor on the fleet of one device kind of a Ray farm: `run` yields each
+    (request, entry) as its window completes; `device()` is the fleet's fingerprint (the latency
+    cache's device key); `report()` says which node measured what."""
 
     def __init__(self, ray: ModuleType, fleet: Fleet, address: str, owns_connection: bool,
                  timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
@@ -93,12 +88,12 @@ class FarmExecutor:
         return len(self._flights)
 
     @property
-    def fingerprint(self) -> dict[str, Any]:
-        return dict(self.fleet.fingerprint)
-
-    @property
     def fingerprint_id(self) -> str:
         return self.fleet.fingerprint_id
+
+    def device(self) -> tuple[str, dict[str, Any]]:
+        """The fleet's fingerprint: every node measures as this device."""
+        return self.fleet.fingerprint_id, dict(self.fleet.fingerprint)
 
     def target(self, target: LatencyTarget) -> LatencyTarget:
         """`target` as the fleet measures it: ONNX Runtime threads resolved on the devices, not here."""
@@ -110,14 +105,15 @@ class FarmExecutor:
             return replace(target, threads=int(self.fleet.fingerprint["usable_cores"]))
         return target
 
-    def deal(self, requests: Sequence[Request], most: int) -> list[list[Request]]:
-        return deal_windows(requests, most, self.devices)
-
-    def run(self, target: LatencyTarget, timing: TimingSettings, windows: Iterable[Sequence[Request]],
-            progress: Progress | None = None) -> Iterator[Measured]:
-        """Measure every window on the fleet; yields each request's entry as its window completes."""
+    def run(self, target: LatencyTarget, timing: TimingSettings, limits: MeasureLimits,
+            windows: Iterable[Sequence[Request]], progress: Progress | None = None
+            ) -> Iterator[tuple[Request, Entry]]:
+        """Measure the windows' requests on the fleet, dealt again in windows of at most `WINDOW`
+        across the devices; yields each (request, entry) as its window completes."""
         target = self.target(target)
-        queue = deque((list(window), 1) for window in windows if window)
+        requests = [request for window in windows for request in window]
+        dealt = deal_windows(requests, min(WINDOW, limits.window), self.devices)
+        queue = deque((window, 1) for window in dealt if window)
         total = sum(len(window) for window, _ in queue)
         flights = self._flights = {}
         hung: list[_Flight] = []
@@ -125,7 +121,7 @@ class FarmExecutor:
         done = 0
         try:
             while queue or flights:
-                self._submit(queue, flights, target, timing)
+                self._submit(queue, flights, target, timing, limits)
                 ready, _ = self.ray.wait(list(flights), num_returns=1, timeout=self._wait_s())
                 for ref in ready:
                     for measured in self._collect(ref, flights.pop(ref)):
@@ -144,7 +140,8 @@ class FarmExecutor:
                               f"{self.address} and were not measured: {', '.join(items[:3])}"
                               + (" ..." if len(items) > 3 else ""), setting="farm")
 
-    def _submit(self, queue: deque, flights: dict, target: LatencyTarget, timing: TimingSettings) -> None:
+    def _submit(self, queue: deque, flights: dict, target: LatencyTarget, timing: TimingSettings,
+                limits: MeasureLimits) -> None:
         """Send windows while devices are free: one task per device in flight, no queue on Ray's side."""
         if queue and len(flights) >= self.devices:
             return
@@ -152,7 +149,7 @@ class FarmExecutor:
         while queue and len(flights) < max(1, self.devices):
             window, attempt = queue.popleft()
             ref = self._remote.options(num_cpus=0, resources={self.fleet.resource: 1}, max_retries=NODE_RETRIES,
-                                       retry_exceptions=False).remote(target, timing, window)
+                                       retry_exceptions=False).remote(target, timing, limits, window)
             flights[ref] = _Flight(window, attempt, time.perf_counter())
 
     def _wait_s(self) -> float:
@@ -180,7 +177,7 @@ class FarmExecutor:
                 hung.append(flight)
         return hung
 
-    def _collect(self, ref: Any, flight: _Flight) -> Iterator[Measured]:
+    def _collect(self, ref: Any, flight: _Flight) -> Iterator[tuple[Request, Entry]]:
         result = self._result(ref, flight.window)
         if result.fingerprint_id != self.fingerprint_id:
             raise MaedetError(f"a window came back from node {self._label(result)} with fingerprint "
@@ -192,7 +189,7 @@ class FarmExecutor:
             entry = replace(entry, details={**entry.details, "farm_node": label})
             self.by_node[label].append(request.item)
             self.measured += 1
-            yield Measured(request, entry, label)
+            yield request, entry
 
     def _result(self, ref: Any, window: Sequence[Request]) -> WindowResult:
         """The task's result; a user error raised on the node comes back as that error."""

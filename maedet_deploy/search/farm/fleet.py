@@ -21,7 +21,7 @@ from typing import Any
 from ... import __version__
 from ...backends.fingerprint import ID_FIELDS, fingerprint_id
 from ...errors import MaedetError, first_line
-from ..measurer import PROTOCOL
+from ..target import PROTOCOL
 
 RESOURCE_PREFIX = "maedet:"
 PROBE_TIMEOUT_S = 120.0

@@ -25,7 +25,10 @@ from pathlib import Path
 from typing import Any, Iterator, NamedTuple, Sequence
 
 from ..latency_cache import Entry
-from ..measurer import PROTOCOL, LatencyTarget, Request, TimingSettings
+from ..exporter import Exporter
+from ..requests import Request
+from ..target import PROTOCOL, LatencyTarget, MeasureLimits, TimingSettings
+from ..window import measure_window
 
 TEMP_PREFIX = "maedet-farm-"
 
@@ -40,17 +43,13 @@ class WindowResult(NamedTuple):
     peak_rss_mb: float         # of the worker process, over its life so far
 
 
-def _measure_window(target: LatencyTarget, timing: TimingSettings, requests: Sequence[Request]) -> list[Entry]:
-    """ADAPTER, to be replaced at integration by `measurer.measure_window(target, timing, requests)`
-    (issue 15): today's batch measurement, without its cache (a throwaway Measurer never reads or
-    writes one), its exports in this task's temporary folder."""
-    from ..measurer import Measurer
+_EXPORTER: Exporter | None = None    # one export process per worker process, reused by its tasks
 
-    measurer = Measurer(target, cache=None, timing=timing)
-    try:
-        return measurer._measure_batch(requests, lambda *args, **kwargs: None)
-    finally:
-        shutil.rmtree(measurer._workdir, ignore_errors=True)
+
+def _exporter(target: LatencyTarget) -> Exporter:
+    global _EXPORTER
+    _EXPORTER = _EXPORTER or Exporter(overlaps=target.backend != "onnxruntime")
+    return _EXPORTER
 
 
 def _pid_alive(pid: int) -> bool:
@@ -95,12 +94,16 @@ def _node_id() -> str:
     return ray.get_runtime_context().get_node_id()
 
 
-def measure_task(target: LatencyTarget, timing: TimingSettings, requests: Sequence[Request]) -> WindowResult:
-    """Measure one window on this node (the Ray task body)."""
+def measure_task(target: LatencyTarget, timing: TimingSettings, limits: MeasureLimits,
+                 requests: Sequence[Request]) -> WindowResult:
+    """Measure one window on this node (the Ray task body), within the driver's memory and disk limits."""
     from ...backends import fingerprint_id
 
-    with task_folder():
-        entries = _measure_window(target, timing, requests)
+    with task_folder() as folder:
+        limits = MeasureLimits(len(requests), limits.memory_mb, limits.disk_mb, str(folder))
+        measured = dict((request.item, entry) for request, entry in
+                        measure_window(target, timing, requests, limits, None, _exporter(target)))
+        entries = [measured[request.item] for request in requests]
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return WindowResult(_node_id(), socket.gethostname(), fingerprint_id(), entries, rss_mb)
 
