@@ -78,7 +78,7 @@ def output_lock(folder: str | os.PathLike, command: str, log: Callable[[str], No
         folder.mkdir(parents=True, exist_ok=True)
         fd, previous = _open_locked(path)
     except OSError as exc:
-        raise MaedetError(f"cannot lock {folder}: {exc.strerror or exc}", "out") from None
+        raise MaedetError(f"cannot write its lock file into {folder}: {exc.strerror or exc}", "out") from None
     try:
         if previous and log is not None:
             log(f"taking over {path}: left by {_describe(previous)}, which is no longer running")

@@ -22,8 +22,8 @@ from maedet_deploy.backends import load_runner
 from maedet_deploy.bench import make_feed
 from maedet_deploy.errors import MaedetError
 from maedet_deploy.export.onnx import export_structure_onnx
-from maedet_deploy.search import (LatencyCache, LatencyTarget, MeasureLimits, TimingSettings, block_requests,
-                                  measure_window, network_requests, open_measurer)
+from maedet_deploy.search import (InProcessExecutor, LatencyCache, LatencyTarget, MeasureLimits, TimingSettings,
+                                  block_requests, measure_window, network_requests, open_measurer)
 from maedet_deploy.search.compact import compact_model, materialize
 from maedet_deploy.structure.cost import block_inputs
 
@@ -165,9 +165,9 @@ def _measure_elsewhere(target, timing, limits, requests):
     return list(measure_window(target, timing, requests, limits))
 
 
-class OtherProcessExecutor:
-    """Runs each window in a worker process, as a device farm would, and reports how many
-    measurements the cache held whenever it hands one back."""
+class OtherProcessExecutor(InProcessExecutor):
+    """Runs each window in a worker process of this machine, as a device farm would, and reports how
+    many measurements the cache held whenever it hands one back."""
 
     def __init__(self, cache_path):
         self.pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
@@ -194,6 +194,8 @@ def test_an_executor_measures_in_another_process_and_each_entry_is_committed_as_
     assert far.measure(REQUESTS) == values and far.counters.measured == len(REQUESTS)
     far.close()
     near.close()
+    assert executor.pool._processes        # a given executor is its opener's to close, not the measurer's
+    executor.close()
 
 
 def test_a_prior_from_another_target_is_scaled_by_a_few_measurements_here(tmp_path):
