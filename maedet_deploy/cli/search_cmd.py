@@ -91,20 +91,25 @@ def search(
                               fine_after=fine_after, max_channels=max_channels)
     latency = None if latency_ms is None else LatencySettings(
         latency_ms, LatencyTarget(backend, precision, batch, threads), latency_scope, verify_top, latency_check_every,
-        latency_cache=latency_cache, profile_walks=profile_walks,
-        latency_prior=latency_prior)
+        latency_cache=latency_cache, profile_walks=profile_walks, latency_prior=latency_prior)
     job = SearchJob(out, settings, resolve_structure(init), cost_budgets(flops=flops, params=params, layers=layers),
                     latency, TimingSettings.for_backend(backend, patience=quiet_wait), workers, checkpoint_every,
                     resume, top_k, MeasureLimits(memory_mb=measure_memory_mb, disk_mb=measure_disk_mb),
                     existing_checkpoint="refuse")
-    if farm and latency is None:
+    run_and_report(job, farm, device)
+
+
+def run_and_report(job: SearchJob, farm: str | None, device: str | None) -> None:
+    """Run the search holding its output folder, measuring on the farm when one is given; exit 1
+    when no verified candidate fits the latency budget."""
+    if farm and job.latency is None:
         raise MaedetError("a farm measures latency: give --latency-ms too")
-    with open_executor(farm, device, console.print) as executor, output_lock(out, "search", console.print):
+    with open_executor(farm, device, console.print) as executor, output_lock(job.out, "search", console.print):
         job.executor = executor
         outcome = run_with_progress(job)
     print_summary(outcome)
     if not outcome.found:
-        print_no_winner(outcome.latency, out)
+        print_no_winner(outcome.latency, job.out)
         raise typer.Exit(1)
 
 
