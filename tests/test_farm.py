@@ -138,6 +138,28 @@ def test_a_window_past_the_timeout_is_retried_once_then_reported(farm):
     executor.close()
 
 
+def test_profile_command_measures_on_the_farm_and_flags_are_checked(farm, monkeypatch, capsys, tmp_path):
+    from maedet_deploy.search.farm import open_farm
+
+    with open_farm(farm.address, DEVICE) as executor:
+        fleet_id = executor.fingerprint_id
+    cache = tmp_path / "cli.sqlite"
+    code, out, err = run_cli(monkeypatch, capsys, "profile", "--image-size", "64", "--threads", "1", "--quiet-wait", "0",
+                             "--profile-walks", "1", "--latency-cache", str(cache), "--farm", farm.address,
+                             "--device", DEVICE, "--json")
+    assert code == 0, err
+    summary = json.loads(out)
+    assert summary["device"] == fleet_id and summary["measurements"]["measured"] > 0
+    nodes = {json.loads(details)["farm_node"] for (details,) in sqlite3.connect(cache).execute(
+        "SELECT details FROM latency")}
+    assert nodes and all("@127.0.0." in node for node in nodes)
+    code, _, err = run_cli(monkeypatch, capsys, "profile", "--image-size", "64", "--device", DEVICE)
+    assert code == 2 and err.strip() == "error: --device: a device kind only applies to measuring on a farm"
+    code, _, err = run_cli(monkeypatch, capsys, "search", "--out", str(tmp_path / "s"), "--layers", "91",
+                           "--farm", farm.address)
+    assert code == 2 and "--farm" in err and "--latency-ms" in err and not (tmp_path / "s").exists()
+
+
 def test_unreachable_farm_and_version_mismatch_are_one_line(farm):
     from maedet_deploy.search.farm import open_farm
 

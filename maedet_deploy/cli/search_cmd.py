@@ -103,7 +103,7 @@ def run_and_report(job: SearchJob, farm: str | None, device: str | None) -> None
     """Run the search holding its output folder, measuring on the farm when one is given; exit 1
     when no verified candidate fits the latency budget."""
     if farm and job.latency is None:
-        raise MaedetError("a farm measures latency: give --latency-ms too")
+        raise MaedetError("a farm measures latency only: give --latency-ms too", setting="farm")
     with open_executor(farm, device, console.print) as executor, output_lock(job.out, "search", console.print):
         job.executor = executor
         outcome = run_with_progress(job)
