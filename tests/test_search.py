@@ -186,3 +186,7 @@ def test_unwritable_out_and_corrupt_checkpoint(tmp_path):
     result = cli("search", "--iterations", "300", "--out", tmp_path / "run", "--resume")
     assert result.returncode == 2 and "corrupt checkpoint" in result.stderr
     assert (tmp_path / "run" / "checkpoint.json").read_text().startswith('{"format"')
+    before = (tmp_path / "run" / "checkpoint.json").read_text()
+    result = cli("search", "--iterations", "300", "--out", tmp_path / "run")     # no --resume: never replaced
+    assert result.returncode == 2 and result.stderr.startswith("error: --resume:") and "earlier search" in result.stderr
+    assert (tmp_path / "run" / "checkpoint.json").read_text() == before
