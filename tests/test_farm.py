@@ -20,8 +20,8 @@ from nets import TINY
 from maedet_deploy.errors import MaedetError
 from maedet_deploy.search.farm.local import HEAD_IP, LocalFarm, free_port
 from maedet_deploy.search.farm.task import TEMP_PREFIX, task_folder
-from maedet_deploy.search.measurer import (LatencyTarget, MeasureLimits, TimingSettings, block_requests,
-                                           network_requests, open_measurer)
+from maedet_deploy.search import (LatencyTarget, MeasureLimits, TimingSettings, block_requests, network_requests,
+                                  open_measurer)
 from maedet_deploy.search.session import LatencySession
 
 SIZE = (64, 64)
@@ -223,8 +223,7 @@ def test_without_ray_the_in_process_path_works_and_the_farm_says_what_to_install
         import importlib.util
         assert importlib.util.find_spec("ray") is None
         from nets import TINY
-        from maedet_deploy.search.measurer import (LatencyTarget, TimingSettings, block_requests, network_requests,
-                                           open_measurer)
+        from maedet_deploy.search import LatencyTarget, TimingSettings, open_measurer
         measurer = open_measurer(LatencyTarget(threads=1), {str(tmp_path / "c.sqlite")!r},
                                  TimingSettings(visits=1, round_s=0.01, patience=0.0))
         print("in-process ms", measurer.networks([TINY], (32, 32), "backbone")[0] > 0)

@@ -25,7 +25,7 @@ from maedet_deploy.errors import MaedetError
 from maedet_deploy.outlock import LOCK_NAME
 from maedet_deploy.pipeline import PipelineSettings, make_plan, run_pipeline
 from maedet_deploy.pipeline.stages import MARKER, run_stage
-from maedet_deploy.search.measurer import network_item
+from maedet_deploy.search import network_item
 from maedet_deploy.search.latency_cache import LatencyCache
 from maedet_deploy.structure import load_structure
 from nets import TINY

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from .settings import Plan
 
 if TYPE_CHECKING:
-    from ..search.measurer import Executor
+    from ..search import Executor
 
 
 @dataclass(frozen=True)
@@ -42,14 +42,14 @@ def resolve_budget(plan: Plan, executor: Executor) -> Budget:
 
 def latency_target(plan: Plan):
     """Where candidates and the baseline are timed (a cache key of the search's measurer)."""
-    from ..search.measurer import LatencyTarget
+    from ..search import LatencyTarget
 
     return LatencyTarget(plan.backend, "fp32", plan.settings.batch, plan.settings.threads)
 
 
 def measure_baseline(plan: Plan, executor: Executor) -> float:
     """The baseline detector's latency, measured as the search measures candidates."""
-    from ..search.measurer import TimingSettings, open_measurer
+    from ..search import TimingSettings, open_measurer
 
     settings = plan.settings
     measurer = open_measurer(latency_target(plan), settings.latency_cache,

@@ -25,7 +25,7 @@ from .stages import StageResult, run_stage
 from .summary import PipelineSummary
 
 if TYPE_CHECKING:
-    from ..search.measurer import Executor
+    from ..search import Executor
 
 Log = Callable[[str], None]
 Reproduce = Callable[[Plan, Budget], list[str]]
@@ -45,7 +45,7 @@ def run_pipeline(settings: PipelineSettings, log: Log = print, search_runner: Ca
     lists to redo the run stage by stage (the CLI's; none by default)."""
     plan = make_plan(settings)
     out = Path(settings.out)
-    from ..search.measurer import open_executor
+    from ..search import open_executor
 
     with open_executor(settings.farm, settings.device, log) as executor, output_lock(out, "pipeline", log):
         _remove_partial_files(out)
@@ -63,7 +63,7 @@ def run_pipeline(settings: PipelineSettings, log: Log = print, search_runner: Ca
 
 def _run_stages(plan: Plan, budget: Budget, out: Path, log: Log, search_runner: Callable | None,
                 executor: Executor) -> dict[str, StageResult]:
-    from ..search.job import run_search_job
+    from ..search import run_search_job
 
     settings, done = plan.settings, {}
 

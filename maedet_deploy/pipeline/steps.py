@@ -16,7 +16,7 @@ from .settings import Plan, PipelineSettings
 from .stages import StageResult
 
 if TYPE_CHECKING:
-    from ..search.measurer import Executor
+    from ..search import Executor
 
 BENCH_ROUNDS = 6  # models take turns, so drifting machine speed hits them alike
 BENCH_WARMUP = 0.2  # seconds per model before its first round; never longer than the timed seconds
@@ -26,11 +26,7 @@ PART_SEPARATOR = ": "  # bench rows are "<model>: network" and "<model>: end to 
 def search(plan: Plan, budget: Budget, directory: Path, runner: Callable, executor: Executor) -> dict[str, Any]:
     """The latency-budgeted search, measured by `executor`; `runner(job)` runs it (with or without
     progress display)."""
-    from ..search.budgets import cost_budgets
-    from ..search.evolution import SearchSettings
-    from ..search.job import SearchJob
-    from ..search.latency import LatencySettings
-    from ..search.measurer import TimingSettings
+    from ..search import LatencySettings, SearchJob, SearchSettings, TimingSettings, cost_budgets
 
     settings = plan.settings
     latency = LatencySettings(budget.latency_ms, latency_target(plan), settings.scope, settings.verify_top,

@@ -37,15 +37,12 @@ from ..errors import MaedetError
 from ..progress import Progress
 from ..structure import Block, Structure
 from .latency_cache import Entry, LatencyCache
-from .requests import Request, block_item, block_requests, network_item, network_requests
+from .requests import Request, block_requests, network_requests
 from .target import LatencyTarget, MeasureLimits, TimingSettings
 from .exporter import Exporter
 from .window import measure_window
 
-# block_item and network_item are read from here by code written before `requests` existed.
-__all__ = ["Executor", "InProcessExecutor", "LatencyTarget", "MeasureCounters", "MeasureLimits", "Measurer",
-           "Request", "TimingSettings", "block_item", "block_requests", "network_item", "network_requests",
-           "open_executor", "open_measurer"]
+__all__ = ["Executor", "InProcessExecutor", "MeasureCounters", "Measurer", "open_executor", "open_measurer"]
 
 
 class Executor(Protocol):
