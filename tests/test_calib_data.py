@@ -1,6 +1,9 @@
-"""Calibration data: image discovery, deterministic selection, preprocessing values, tensors."""
+"""The one input path (maedet_deploy.inputs) and calibration's data selection: image
+discovery, safe decoding, preprocessing values, tensor files, deterministic splits."""
 
 import json
+import struct
+import zlib
 
 import numpy as np
 import onnx
@@ -8,18 +11,22 @@ import pytest
 from onnx import TensorProto, helper
 from PIL import Image
 
-from maedet_deploy.calib import FeedReader, PreprocessSpec, list_images, load_spec, open_data, split_indices
-from maedet_deploy.calib.data import ImageData, resolve_image_input
-from maedet_deploy.calib.preprocess import load_image
+from maedet_deploy.backends.onnx_file import graph_inputs
+from maedet_deploy.calib.data import open_data, split_indices
 from maedet_deploy.errors import MaedetError
+from maedet_deploy.inputs import (ImageBatches, PreprocessSpec, declared_size, list_images, load_arrays, load_image,
+                                  load_spec, open_image, resolve_image_input)
 
 
-def identity_model(shape, elem_type=TensorProto.FLOAT, name="images") -> onnx.ModelProto:
+def identity_model(shape, elem_type=TensorProto.FLOAT, name="images", metadata=None) -> onnx.ModelProto:
     """A one-node model with the given input, enough for the data code (it reads only the input)."""
     graph = helper.make_graph([helper.make_node("Identity", [name], ["out"])], "g",
                               [helper.make_tensor_value_info(name, elem_type, shape)],
                               [helper.make_tensor_value_info("out", elem_type, shape)])
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    for key, value in (metadata or {}).items():
+        model.metadata_props.add(key=key, value=value)
+    return model
 
 
 def write_images(folder, names, size=(40, 30), seed=0):
@@ -27,26 +34,38 @@ def write_images(folder, names, size=(40, 30), seed=0):
     folder.mkdir(parents=True, exist_ok=True)
     for name in names:
         (folder / name).parent.mkdir(parents=True, exist_ok=True)
-        pixels = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
-        Image.fromarray(pixels).save(folder / name)
+        Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(folder / name)
 
 
-def test_list_images_recursive_sorted_and_filtered(tmp_path):
-    write_images(tmp_path, ["b.png", "a.JPG", "sub/c.bmp", "sub/deeper/a.jpeg", "z.png"])
+def bomb_png(path, width=20000, height=20000):
+    """A small PNG file that declares width x height pixels (PIL's decompression-bomb case)."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+                     + chunk(b"IEND", b""))
+    return path
+
+
+def test_list_images_recursive_sorted_with_every_suffix(tmp_path):
+    write_images(tmp_path, ["b.png", "a.JPG", "sub/c.bmp", "sub/deeper/a.jpeg", "z.webp", "t.tif"])
     (tmp_path / "notes.txt").write_text("not an image")
     (tmp_path / "sub" / "x.gif").write_bytes(b"GIF89a")
     found = [p.relative_to(tmp_path).as_posix() for p in list_images(tmp_path)]
-    assert found == ["a.JPG", "b.png", "sub/c.bmp", "sub/deeper/a.jpeg", "z.png"]
+    assert found == ["a.JPG", "b.png", "sub/c.bmp", "sub/deeper/a.jpeg", "t.tif", "z.webp"]
+    (tmp_path / "empty").mkdir()
     with pytest.raises(MaedetError, match="no images"):
-        list_images(_empty(tmp_path))
+        list_images(tmp_path / "empty")
     with pytest.raises(MaedetError, match="not found"):
         list_images(tmp_path / "missing")
 
 
-def _empty(tmp_path):
-    empty = tmp_path / "empty"
-    empty.mkdir()
-    return empty
+def test_broken_and_oversized_images_are_one_line_errors(tmp_path):
+    with pytest.raises(MaedetError, match="bomb.png is too large to decode safely"):
+        open_image(bomb_png(tmp_path / "bomb.png"))
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    with pytest.raises(MaedetError, match="cannot read image .*broken.png"):
+        open_image(tmp_path / "broken.png")
 
 
 def test_selection_is_deterministic_disjoint_and_holdout_stable():
@@ -55,11 +74,11 @@ def test_selection_is_deterministic_disjoint_and_holdout_stable():
     assert (calib, held) != split_indices(50, 10, 5, seed=4)
     assert len(calib) == 10 and len(held) == 5 and not set(calib) & set(held)
     assert calib == sorted(calib) and held == sorted(held)
-    # the held-out set does not depend on how many images calibrate
-    assert split_indices(50, 20, 5, seed=3)[1] == held
+    assert split_indices(50, 20, 5, seed=3)[1] == held  # the held-out set does not depend on how many calibrate
     assert set(split_indices(50, None, 5, seed=3)[0]) == set(range(50)) - set(held)
-    with pytest.raises(MaedetError, match="holdout"):
+    with pytest.raises(MaedetError, match="held out") as error:
         split_indices(5, None, 5, seed=0)
+    assert error.value.setting == "holdout"
 
 
 def test_open_data_splits_files_the_same_way_each_time(tmp_path):
@@ -108,8 +127,7 @@ def test_gray_and_rgba_images_become_the_models_channels(tmp_path):
     spec = PreprocessSpec(size=(6, 6), scale=1.0)
     gray3, _ = load_image(tmp_path / "gray.png", spec, 3)
     assert gray3.shape == (3, 6, 6) and np.all(gray3 == 77)
-    rgba1, _ = load_image(tmp_path / "rgba.png", spec, 1)
-    assert rgba1.shape == (1, 6, 6)
+    assert load_image(tmp_path / "rgba.png", spec, 1)[0].shape == (1, 6, 6)
 
 
 def test_spec_files_and_their_errors(tmp_path):
@@ -128,33 +146,37 @@ def test_spec_files_and_their_errors(tmp_path):
         load_spec(tmp_path / "bad2.yaml")
 
 
-def test_spec_is_checked_against_the_model():
-    model_input, spec, channels = resolve_image_input(identity_model([2, 1, 24, 32]), PreprocessSpec())
+def resolve(model, spec=PreprocessSpec()):
+    return resolve_image_input(graph_inputs(model), spec, {p.key: p.value for p in model.metadata_props})
+
+
+def test_spec_is_checked_against_the_model_and_its_declared_size():
+    model_input, spec, channels = resolve(identity_model([2, 1, 24, 32]))
     assert (spec.size, spec.batch, channels) == ((24, 32), 2, 1)
     with pytest.raises(MaedetError, match="does not match"):
-        resolve_image_input(identity_model([1, 3, 24, 32]), PreprocessSpec(size=(32, 32)))
-    with pytest.raises(MaedetError, match="dynamic size"):
-        resolve_image_input(identity_model(["b", 3, "h", "w"]), PreprocessSpec())
-    dynamic = resolve_image_input(identity_model(["b", 3, "h", "w"]), PreprocessSpec(size=(8, 16), batch=4))[1]
+        resolve(identity_model([1, 3, 24, 32]), PreprocessSpec(size=(32, 32)))
+    with pytest.raises(MaedetError, match="dynamic size") as error:
+        resolve(identity_model(["b", 3, "h", "w"]))
+    assert error.value.setting == "size"
+    dynamic = resolve(identity_model(["b", 3, "h", "w"]), PreprocessSpec(size=(8, 16), batch=4))[1]
     assert (dynamic.size, dynamic.batch) == ((8, 16), 4)
+    ultralytics = identity_model(["b", 3, "h", "w"], metadata={"imgsz": "[640, 480]"})
+    assert resolve(ultralytics)[1].size == (640, 480)  # Ultralytics' imgsz: --size only when nothing declares one
+    assert declared_size({"imgsz": "320"}) == (320, 320) and declared_size({"imgsz": "oops"}) is None
     with pytest.raises(MaedetError, match="4 channels"):
-        resolve_image_input(identity_model([1, 4, 8, 8]), PreprocessSpec())
-    with pytest.raises(MaedetError, match="no float input"):
-        resolve_image_input(identity_model([1, 3, 8, 8], TensorProto.INT64), PreprocessSpec())
+        resolve(identity_model([1, 4, 8, 8]))
+    with pytest.raises(MaedetError, match="not an image tensor"):
+        resolve(identity_model([1, 3, 8, 8], TensorProto.INT64))
 
 
 def test_fixed_batch_fills_the_last_batch_and_marks_it(tmp_path):
     write_images(tmp_path, ["a.png", "b.png", "c.png"])
-    model_input, spec, channels = resolve_image_input(identity_model([2, 3, 8, 8]), PreprocessSpec())
-    data = ImageData(list_images(tmp_path), model_input, spec, channels)
+    model_input, spec, channels = resolve(identity_model([2, 3, 8, 8]))
+    data = ImageBatches(list_images(tmp_path), model_input, spec, channels)
     batches = list(data)
     assert len(data) == len(batches) == 2
     assert [b.valid for b in batches] == [2, 1] and batches[1].metas[1] is None
     np.testing.assert_array_equal(batches[1].feed["images"][0], batches[1].feed["images"][1])
-    reader = FeedReader([b.feed for b in batches])
-    assert reader.get_next() is batches[0].feed and reader.get_next() is not None and reader.get_next() is None
-    reader.rewind()
-    assert reader.get_next() is batches[0].feed
 
 
 def test_tensor_files(tmp_path):
@@ -174,3 +196,23 @@ def test_tensor_files(tmp_path):
     np.save(tmp_path / "ints.npy", np.zeros((2, 3, 4, 4), np.int32))
     with pytest.raises(MaedetError, match="int32"):
         open_data(tmp_path / "ints.npy", model)
+
+
+@pytest.mark.parametrize("case, message", [
+    ("objects.npz", "object arrays"), ("corrupt.npz", "cannot read tensors"), ("empty.npy", "cannot read tensors"),
+    ("nosamples.npy", "holds no samples"), ("text.npy", "give numeric arrays")])
+def test_bad_tensor_files_are_one_line_errors_never_unpickled(case, message, tmp_path):
+    path = tmp_path / case
+    if case == "objects.npz":
+        np.savez(path, images=np.array([{"x": 1}, None], dtype=object))
+    elif case == "corrupt.npz":
+        np.savez(path, images=np.zeros((2, 3)))
+        path.write_bytes(path.read_bytes()[:40])
+    elif case == "empty.npy":
+        path.write_bytes(b"")
+    elif case == "nosamples.npy":
+        np.save(path, np.zeros((0, 3, 4, 4), np.float32))
+    else:
+        np.save(path, np.array(["a", "b"]))
+    with pytest.raises(MaedetError, match=message):
+        load_arrays(path)

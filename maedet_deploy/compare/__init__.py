@@ -1,8 +1,12 @@
-"""Same inputs through two runners (two backends or two models), outputs compared with tolerances."""
+"""The one output comparator: the same inputs through two runners (two backends or two
+models), outputs judged by pluggable metrics (tolerances, cosine, SQNR; calib adds
+detection agreement)."""
 
-from .compare import (DEFAULT_ATOL, DEFAULT_RTOL, CompareResult, OutputComparison, compare_arrays, compare_runners,
-                      pair_outputs, random_feeds)
-from .images import Preprocess, image_feeds, parse_triple
+from .comparator import (CompareResult, Metric, OutputAgreement, ReferenceRun, as_batch, compare_runners,
+                         compare_with, pair_outputs, random_feeds, run_reference, valid_items)
+from .images import image_feeds
+from .metrics import DEFAULT_ATOL, DEFAULT_RTOL, OutputStats, combined_sqnr_db, compare_arrays, finite_or_none
 
-__all__ = ["DEFAULT_ATOL", "DEFAULT_RTOL", "CompareResult", "OutputComparison", "Preprocess", "compare_arrays",
-           "compare_runners", "image_feeds", "pair_outputs", "parse_triple", "random_feeds"]
+__all__ = ["CompareResult", "Metric", "OutputAgreement", "ReferenceRun", "as_batch", "compare_runners", "compare_with",
+           "pair_outputs", "random_feeds", "run_reference", "valid_items", "image_feeds", "DEFAULT_ATOL",
+           "DEFAULT_RTOL", "OutputStats", "combined_sqnr_db", "compare_arrays", "finite_or_none"]

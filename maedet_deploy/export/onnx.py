@@ -27,7 +27,7 @@ import io
 import os
 import time
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -38,6 +38,7 @@ from torch import nn
 
 from ..atomic import atomic_path
 from ..backends import load_runner
+from ..compare import OutputStats, compare_arrays
 from ..errors import MaedetError
 from ..memory import check_memory, out_of_memory_as_error
 from ..models import Backbone, Detector, fold_batchnorm
@@ -120,19 +121,25 @@ def _check_options(opset: int, batch: int, score_threshold: float, iou_threshold
 
 @dataclass
 class _Errors:
-    """Largest |ort - torch| in the outputs' own units, and in image units (divided by `scale`)."""
+    """The verification's comparisons (`compare`'s one comparator, `OutputStats`): per
+    output, ONNX Runtime against PyTorch, and the scale that turns its error into image
+    units (the longer image side for boxes, 1 for scores)."""
 
-    abs: float = 0.0
-    image: float = 0.0
+    checks: list[tuple[OutputStats, float]] = field(default_factory=list)
 
     def add(self, name: str, got: np.ndarray, want: np.ndarray, scale: float = 1.0) -> None:
-        if got.shape != want.shape:
-            raise MaedetError(f"verification: {name} has shape {got.shape} in ONNX Runtime, "
-                              f"{want.shape} in PyTorch")
-        if got.size:
-            diff = float(np.max(np.abs(got.astype(np.float64) - want.astype(np.float64))))
-            self.abs = max(self.abs, diff)
-            self.image = max(self.image, diff / scale)
+        stats = compare_arrays(name, want, got)
+        if stats.problem:
+            raise MaedetError(f"verification: {name}: {stats.problem} (PyTorch vs ONNX Runtime)")
+        self.checks.append((stats, scale))
+
+    @property
+    def abs(self) -> float:
+        return max((stats.max_abs for stats, _ in self.checks), default=0.0)
+
+    @property
+    def image(self) -> float:
+        return max((stats.max_abs / scale for stats, scale in self.checks), default=0.0)
 
 
 def _verify(graph: onnx.ModelProto, example: torch.Tensor, raw: tuple[torch.Tensor, torch.Tensor],
@@ -142,7 +149,8 @@ def _verify(graph: onnx.ModelProto, example: torch.Tensor, raw: tuple[torch.Tens
     side = float(max(example.shape[-2:]))
     feed = {"images": example.numpy()}
     if nms is None:
-        got = load_runner(graph.SerializeToString()).infer(feed)
+        with load_runner(graph.SerializeToString()) as runner:
+            got = runner.infer(feed)
         errors.add("boxes", got["boxes"], raw[0].numpy(), side)
         errors.add("scores", got["scores"], raw[1].numpy())
         return errors
@@ -152,7 +160,8 @@ def _verify(graph: onnx.ModelProto, example: torch.Tensor, raw: tuple[torch.Tens
     probe.CopyFrom(graph)
     probe.graph.output.extend(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)
                               for name in (boxes_name, scores_name))
-    got = load_runner(probe.SerializeToString()).infer(feed)
+    with load_runner(probe.SerializeToString()) as runner:
+        got = runner.infer(feed)
     errors.add("boxes", got[boxes_name], raw[0].numpy(), side)
     errors.add("scores", got[scores_name], raw[1].transpose(1, 2).numpy())
     # Post-processing checked on ONNX Runtime's own raw tensors, so threshold ties cannot differ.

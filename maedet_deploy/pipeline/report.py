@@ -52,8 +52,13 @@ def _headline(summary: PipelineSummary) -> list[str]:
             f"({fp32_e2e.speedup_vs_baseline:.2f}x end to end with NMS).",
             f"- Backbone entropy score {search.best['score']:.1f} against {base.score:.1f} for {base.name} "
             f"(higher is better), with {human(search.best['params'])} parameters against {human(base.params)}.",
-            f"- INT8 ({summary.calibration.method} calibration, {summary.calibration.placement} Q/DQ placement): "
-            f"{int8.median_ms:.2f} ms median, {fp32.median_ms / int8.median_ms:.2f}x the speed of FP32."]
+            f"- INT8 ({summary.calibration.method} calibration, {summary.calibration.placement} Q/DQ placement"
+            f"{_mac_share(summary.calibration)}): {int8.median_ms:.2f} ms median, "
+            f"{fp32.median_ms / int8.median_ms:.2f}x the speed of FP32."]
+
+
+def _mac_share(calib: CalibrationResult) -> str:
+    return "" if calib.int8_mac_share is None else f", {100 * calib.int8_mac_share:.1f}% of conv MACs in INT8"
 
 
 def _backbone(summary: PipelineSummary) -> list[str]:
@@ -107,10 +112,11 @@ def _calibration(calib: CalibrationResult, images: str) -> list[str]:
     lines = ["", "## INT8 calibration", "",
              f"{calib.method} calibration, {calib.placement} Q/DQ placement, on {calib.calibration_images} images "
              f"from `{images}`; measured on {calib.holdout_images} held-out images.", ""]
-    lines += _table(["quantized / float layers", "min cosine before NMS", "min SQNR before NMS",
-                     "agreement mAP@0.5", "agreement mAP@0.5:0.95"],
-                    [[f"{calib.quantized_layers} / {calib.float_layers}", _fmt(calib.raw_min_cosine),
-                      f"{_fmt(calib.raw_min_sqnr_db, '.1f')} dB", _fmt(calib.map50), _fmt(calib.map)]])
+    share = "-" if calib.int8_mac_share is None else f"{100 * calib.int8_mac_share:.1f}%"
+    lines += _table(["INT8 share of conv MACs", "quantized / float layers", "min cosine before NMS",
+                     "min SQNR before NMS", "agreement mAP@0.5", "agreement mAP@0.5:0.95"],
+                    [[share, f"{calib.quantized_layers} / {calib.float_layers}", _fmt(calib.raw_min_cosine),
+                      f"{_fmt(calib.raw_min_sqnr_db, '.1f')} dB", _fmt(calib.map50), _fmt(calib.map50_95)]])
     return lines + ["", "The search is training-free, so these weights are random: the figures check the INT8 "
                         "numerics, not accuracy. Train the detector, export it with its trained weights, and run "
                         "`maedet-deploy calibrate` on your own images for the accuracy that matters.", ""]

@@ -63,31 +63,33 @@ class ExportResult(Record):
 
 @dataclass(frozen=True)
 class CalibrationResult(Record):
+    """The calibrate stage's figures, from calib's typed result (`from_calibration`)."""
+
     int8: str                     # file name in the calibrate folder
     method: str
     placement: str | None
-    calibration_images: int | None
-    holdout_images: int | None
+    calibration_images: int
+    holdout_images: int
     quantized_layers: int | None
-    float_layers: int
+    float_layers: int | None
+    int8_mac_share: float | None  # of the conv MACs, in INT8 layers
     raw_min_cosine: float | None  # before NMS: errors there are smooth, after it one box can swap
     raw_min_sqnr_db: float | None
     map50: float | None
-    map: float | None
+    map50_95: float | None
 
     @classmethod
-    def from_report(cls, int8_file: str, method: str, report: dict[str, Any]) -> "CalibrationResult":
+    def from_calibration(cls, int8_file: str, result: Any) -> "CalibrationResult":
+        """From `calib.CalibrationResult`; the raw outputs' figures are the NMS inputs' (all outputs
+        when the graph has no NMS)."""
         from ..calib.graph import is_nms_input
 
-        int8 = report.get("int8") or {}
-        qdq = int8.get("qdq") or {}
-        outputs = report.get("outputs") or {}
+        outputs = result.report.get("outputs") or {}
         raw = [o for name, o in outputs.items() if is_nms_input(name)] or list(outputs.values())
-        agreement = (report.get("detection") or {}).get("agreement") or {}
         lowest = lambda key: min((o[key] for o in raw if o.get(key) is not None), default=None)  # noqa: E731
-        return cls(int8_file, method, int8.get("placement"), report.get("calibration_samples"),
-                   report.get("held_out"), qdq.get("quantized_layers"), len(qdq.get("float_layers") or []),
-                   lowest("cosine"), lowest("sqnr_db"), agreement.get("map50"), agreement.get("map50_95"))
+        return cls(int8_file, result.method, result.placement, len(result.calibration_images),
+                   len(result.held_out_images), result.quantized_layers, result.float_layers, result.int8_mac_share,
+                   lowest("cosine"), lowest("sqnr_db"), result.map50, result.map50_95)
 
 
 @dataclass(frozen=True)

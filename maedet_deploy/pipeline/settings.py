@@ -5,11 +5,11 @@ only when the files behind it are unchanged, not just their names."""
 
 from __future__ import annotations
 
-import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..backends import resolve_backend
+from ..calib import CALIBRATION_METHODS, DEFAULT_METHOD, sample_images
 from ..digest import sha256_file, sha256_json
 from ..errors import MaedetError
 from ..ranges import check_range
@@ -47,7 +47,7 @@ class PipelineSettings:
     baseline: str = "resnet50"
     num_classes: int = 80
     images: Path | None = None
-    method: str = "percentile"
+    method: str = DEFAULT_METHOD
     num_images: int = 32
     holdout: int = 8
     bench_seconds: float = 3.0
@@ -93,8 +93,7 @@ class Plan:
     """The settings resolved, before any stage runs or writes."""
 
     settings: PipelineSettings
-    backend: str
-    placement: str
+    backend: str              # where the bench runs, and what the INT8 model's Q/DQ placement is for
     images: Path
     init: Structure
     baseline: Structure
@@ -105,16 +104,15 @@ def make_plan(settings: PipelineSettings) -> Plan:
     """Check everything a later stage would trip on; raises MaedetError before anything is written.
     The settings' own checks come first: they need no heavy import."""
     settings.check()
-    from ..calib.data import list_images
-    from ..calib.int8 import METHODS
     from ..export import SCOPES
+    from ..inputs import list_images
 
     if settings.scope not in SCOPES:
         raise MaedetError(f"unknown scope {settings.scope!r} (choose from {', '.join(SCOPES)})", "scope")
     backend = resolve_backend(settings.backend)
-    if settings.method not in METHODS:
-        raise MaedetError(f"unknown calibration method {settings.method!r} (choose from {', '.join(METHODS)})",
-                          "method")
+    if settings.method not in CALIBRATION_METHODS:
+        raise MaedetError(f"unknown calibration method {settings.method!r} (choose from "
+                          f"{', '.join(CALIBRATION_METHODS)})", "method")
     init, baseline = (_structure_at(spec, settings, name) for name, spec in
                       (("init", settings.init), ("baseline", settings.baseline)))
     images = Path(settings.images) if settings.images is not None else sample_images()
@@ -125,7 +123,7 @@ def make_plan(settings: PipelineSettings) -> Plan:
     digests = {"init": sha256_json(init.to_dicts()), "baseline": sha256_json(baseline.to_dicts()),
                "images": sha256_json([[path.relative_to(images).as_posix(), path.stat().st_size, sha256_file(path)]
                                       for path in files])}
-    return Plan(settings, backend, qdq_placement(backend), images, init, baseline, digests)
+    return Plan(settings, backend, images, init, baseline, digests)
 
 
 def _structure_at(spec: str, settings: PipelineSettings, setting: str) -> Structure:
@@ -136,19 +134,3 @@ def _structure_at(spec: str, settings: PipelineSettings, setting: str) -> Struct
     except MaedetError as exc:
         raise MaedetError(f"{spec}: {exc.message}" if exc.setting else exc.message, exc.setting or setting) from None
     return structure
-
-
-def qdq_placement(backend: str) -> str:
-    """Where Q/DQ goes for the backend that will run the INT8 model: ONNX Runtime's CPU
-    provider fuses DQ -> Conv -> Q into QLinearConv only with quantized outputs ("all");
-    TensorRT wants compute-layer inputs only, and fuses the rest itself."""
-    return "tensorrt" if backend == "tensorrt" else "all"
-
-
-def sample_images() -> Path:
-    """Real photographs that scikit-image ships, for users who bring no calibration images."""
-    spec = importlib.util.find_spec("skimage")
-    if spec is None or not spec.submodule_search_locations:
-        raise MaedetError("none given, and scikit-image (which ships sample photographs) is not installed; "
-                          "give a folder of images or pip install scikit-image", "images")
-    return Path(list(spec.submodule_search_locations)[0]) / "data"

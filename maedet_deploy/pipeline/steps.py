@@ -66,14 +66,15 @@ def export(plan: Plan, search_dir: Path, directory: Path) -> dict[str, Any]:
 
 
 def calibrate(plan: Plan, detector: Path, directory: Path) -> dict[str, Any]:
-    from ..calib.run import CalibrateSettings, run_calibration
+    """INT8 for the backend the bench runs, calibrate's default recipe."""
+    from ..calib import CalibrationSettings, run_calibration
 
     settings = plan.settings
-    report = run_calibration(CalibrateSettings(
+    result = run_calibration(CalibrationSettings(
         model=detector, images=plan.images, out=directory / "detector.int8.onnx", method=settings.method,
-        num_images=settings.num_images, holdout=settings.holdout, seed=settings.seed, placement=plan.placement,
+        num_images=settings.num_images, holdout=settings.holdout, seed=settings.seed, backend=plan.backend,
         report=directory / "calibration.json"))
-    return CalibrationResult.from_report("detector.int8.onnx", settings.method, report).to_dict()
+    return CalibrationResult.from_calibration("detector.int8.onnx", result).to_dict()
 
 
 def bench(plan: Plan, models: dict[str, Path], directory: Path) -> dict[str, Any]:

@@ -1,88 +1,25 @@
-"""Agreement between a reference (float) model and a changed (quantized) one.
+"""Detection agreement between a reference (float) model and a changed (quantized) one:
+a metric for `compare`'s comparator.
 
-Tensor metrics, accumulated over all held-out images of an output:
-cosine similarity, SQNR in dB (10 log10 of signal energy over error energy) and
-the largest absolute error. Detection metrics use COCO evaluation
-(faster-coco-eval): the float model's detections above a confidence threshold
-are the ground truth for the quantized model's detections, which needs no
-labels; with a COCO annotation file, both models' true mAP.
+COCO evaluation (faster-coco-eval): the float model's detections above a confidence
+threshold are the ground truth for the changed model's detections, which needs no
+labels; with a COCO annotation file, both models' true mAP as well.
 """
 
 from __future__ import annotations
 
 import ast
 import json
-import math
 import os
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from ..errors import MaedetError
-from .decoders import Detections
-
-
-@dataclass
-class TensorAgreement:
-    """Running sums for one output over many batches."""
-
-    dot: float = 0.0
-    ref_energy: float = 0.0
-    got_energy: float = 0.0
-    noise_energy: float = 0.0
-    max_abs_error: float = 0.0
-    count: int = 0
-
-    def add(self, ref: np.ndarray, got: np.ndarray) -> None:
-        ref = np.asarray(ref, dtype=np.float64).ravel()
-        got = np.asarray(got, dtype=np.float64).ravel()
-        if ref.shape != got.shape:
-            raise MaedetError(f"output shapes differ: {ref.size} vs {got.size} values")
-        diff = ref - got
-        self.dot += float(ref @ got)
-        self.ref_energy += float(ref @ ref)
-        self.got_energy += float(got @ got)
-        self.noise_energy += float(diff @ diff)
-        if diff.size:
-            self.max_abs_error = max(self.max_abs_error, float(np.abs(diff).max()))
-        self.count += ref.size
-
-    @property
-    def cosine(self) -> float:
-        if self.ref_energy == 0 or self.got_energy == 0:
-            return 1.0 if self.ref_energy == self.got_energy else 0.0
-        return self.dot / math.sqrt(self.ref_energy * self.got_energy)
-
-    @property
-    def sqnr_db(self) -> float:
-        if self.noise_energy == 0:
-            return math.inf
-        if self.ref_energy == 0:
-            return -math.inf
-        return 10.0 * math.log10(self.ref_energy / self.noise_energy)
-
-    @property
-    def noise_ratio(self) -> float:
-        """Error energy over signal energy (linear; what SQNR is the inverse of)."""
-        return self.noise_energy / self.ref_energy if self.ref_energy else (0.0 if self.noise_energy == 0 else math.inf)
-
-    def to_dict(self) -> dict[str, float | None]:
-        return {"cosine": _finite(self.cosine), "sqnr_db": _finite(self.sqnr_db),
-                "max_abs_error": self.max_abs_error, "values": self.count}
-
-
-def _finite(value: float) -> float | None:
-    """JSON has no inf: +inf SQNR (identical outputs) is reported as null."""
-    return value if math.isfinite(value) else None
-
-
-def combined_sqnr_db(stats: Mapping[str, TensorAgreement]) -> float:
-    """One number for several outputs: the SQNR of their mean error-to-signal ratio."""
-    ratios = [s.noise_ratio for s in stats.values()]
-    mean = sum(ratios) / len(ratios) if ratios else 0.0
-    return math.inf if mean == 0 else -10.0 * math.log10(mean)
+from ..inputs import Batch, ImageMeta
+from .decoders import DecodeSettings, Decoder, Detections
 
 
 def _coco_boxes(det: Detections) -> list[list[float]]:
@@ -192,6 +129,18 @@ class CocoTruth:
     def category(self, cls: int) -> int:
         return self.category_ids[cls] if 0 <= cls < len(self.category_ids) else -1
 
+    def both_maps(self, metas: Mapping[int, ImageMeta | None], reference: Mapping[int, Detections],
+                  candidate: Mapping[int, Detections]) -> dict[str, Any]:
+        """True mAP of both models on the images this file annotates (matched by file name)."""
+        found = {i: coco_id for i, meta in metas.items() if meta is not None
+                 and (coco_id := self.image_id(meta.path)) is not None}
+        out: dict[str, Any] = {"file": str(self.path), "images_matched": len(found), "class_mapping": self.class_mapping}
+        for key, dets in (("float", reference), ("candidate", candidate)):
+            out[key] = self.evaluate({coco_id: Detections(metas[i].to_original(dets[i].boxes), dets[i].scores,
+                                                          dets[i].classes) for i, coco_id in found.items()}) \
+                if found else None
+        return out
+
     def evaluate(self, predictions: Mapping[int, Detections]) -> dict[str, float | None]:
         """`predictions`: COCO image id -> detections in original-image pixels."""
         results = [{"image_id": image_id, "bbox": box, "score": float(score), "category_id": self.category(int(c))}
@@ -199,3 +148,40 @@ class CocoTruth:
                    for box, score, c in zip(_coco_boxes(det), det.scores, det.classes)
                    if self.category(int(c)) >= 0]
         return _evaluate(self.coco, results, sorted(predictions))
+
+
+@dataclass
+class DetectionAgreement:
+    """The comparator metric: both models' outputs decoded alike, per image the float
+    detections above `truth_threshold` as truth and the candidate's as predictions."""
+
+    decoder: Decoder
+    settings: DecodeSettings
+    truth_threshold: float
+    input_hw: tuple[int, int]
+    outputs: Sequence[str]  # the model's own outputs (what the decoder reads)
+    images: list[tuple[int, ImageMeta | None]] = field(default_factory=list)
+    reference: dict[int, Detections] = field(default_factory=dict)
+    candidate: dict[int, Detections] = field(default_factory=dict)
+
+    def add(self, batch: Batch, reference: Mapping[str, np.ndarray], candidate: Mapping[str, np.ndarray]) -> None:
+        ref = self.decoder({k: reference[k] for k in self.outputs}, self.settings)[:batch.valid]
+        pairs = zip(ref, self.decoder({k: candidate[k] for k in self.outputs}, self.settings))
+        for position, (ref, got) in enumerate(pairs):
+            image_id = len(self.images) + 1
+            self.images.append((image_id, batch.metas[position]))
+            self.reference[image_id], self.candidate[image_id] = ref, got
+
+    def result(self, truth: "CocoTruth | None" = None) -> dict[str, Any]:
+        height, width = self.input_hw
+        expected = {i: d.above(self.truth_threshold) for i, d in self.reference.items()}
+        agreement = coco_map([(i, height, width) for i, _ in self.images], expected, self.candidate)
+        out: dict[str, Any] = {
+            "decoder": self.decoder.name,
+            "settings": {**asdict(self.settings), "truth_threshold": self.truth_threshold},
+            "float_detections": sum(len(d) for d in expected.values()),
+            "candidate_detections": sum(len(d.above(self.truth_threshold)) for d in self.candidate.values()),
+            "agreement": {"map50": agreement["map50"], "map50_95": agreement["map50_95"]}}
+        if truth is not None:
+            out["annotations"] = truth.both_maps(dict(self.images), self.reference, self.candidate)
+        return out

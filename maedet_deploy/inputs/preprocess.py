@@ -1,5 +1,5 @@
-"""Image preprocessing for calibration and accuracy checks: the same steps a
-deployed detector applies before inference, described by a small spec.
+"""Image preprocessing for calibration, comparison and accuracy checks: the same steps
+a deployed detector applies before inference, described by a small spec.
 
 Order of operations (what the numbers in the spec mean):
 
@@ -28,7 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import MaedetError
+from ..errors import MaedetError, first_line
+from .images import open_image
 
 RESIZE_MODES = ("resize", "letterbox")
 COLORS = ("rgb", "bgr")
@@ -165,8 +166,7 @@ def load_spec(path: str | os.PathLike) -> PreprocessSpec:
             import yaml
             data = yaml.safe_load(text)
     except Exception as exc:  # yaml and json raise their own error types
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise MaedetError(f"cannot parse preprocess spec {path}: {first}") from None
+        raise MaedetError(f"cannot parse preprocess spec {path}: {first_line(exc)}") from None
     if not isinstance(data, dict):
         raise MaedetError(f"preprocess spec {path} must be a mapping of keys to values")
     return spec_from_mapping(data, origin=str(path))
@@ -182,15 +182,11 @@ def _per_channel(values: tuple[float, ...], channels: int, key: str) -> np.ndarr
 
 def load_image(path: str | os.PathLike, spec: PreprocessSpec, channels: int) -> tuple[np.ndarray, ImageMeta]:
     """One image file -> (array [C,H,W] or [H,W,C] float32, meta). `spec.size` must be set."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     assert spec.size is not None, "resolve the spec against the model first"
     height, width = spec.size
-    try:
-        with Image.open(path) as image:
-            image = image.convert("RGB" if channels == 3 else "L")
-    except (OSError, UnidentifiedImageError, ValueError) as exc:
-        raise MaedetError(f"cannot read image {path}: {exc}") from None
+    image = open_image(path, "RGB" if channels == 3 else "L")
     orig_w, orig_h = image.size
     if spec.resize == "letterbox":
         ratio = min(height / orig_h, width / orig_w)
