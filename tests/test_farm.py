@@ -49,31 +49,30 @@ def farm(tmp_path_factory):
         yield local
 
 
-def test_profile_through_the_farm_fills_the_cache_like_in_process(farm, tmp_path):
-    from maedet_deploy.search.farm import open_farm
-
+def test_profile_command_on_the_farm_fills_the_cache_like_in_process(farm, monkeypatch, capsys, tmp_path, tiny_file):
     local = open_measurer(TARGET, str(tmp_path / "local.sqlite"), FAST)
     plan_session(local).prepare()
     local.close()
-    executor = open_farm(farm.address)
-    measurer = open_measurer(TARGET, str(tmp_path / "farm.sqlite"), FAST, MeasureLimits(window=3), executor)
-    steps = []
-    plan_session(measurer).prepare(lambda done, total, what: steps.append(what))
-    measurer.close()
+    cache = tmp_path / "farm.sqlite"
+    code, out, err = run_cli(monkeypatch, capsys, "profile", "--init", str(tiny_file), "--image-size", str(SIZE[0]),
+                             "--threads", "1",
+                             "--quiet-wait", "0", "--profile-walks", "2", "--latency-cache", str(cache),
+                             "--farm", farm.address, "--device", DEVICE, "--json")
+    assert code == 0, err
     expected = cache_keys(tmp_path / "local.sqlite")
-    assert cache_keys(tmp_path / "farm.sqlite") == expected and len(expected) > 10
-    report = executor.report()
-    # Both devices measured, each thing once, and the report and the cache say where.
-    by_node = report["by_node"]
-    assert len(by_node) == 2 and all(label.split("@")[1].split("/")[0] in ("127.0.0.3", "127.0.0.4")
-                                     for label in by_node)
-    items = [item for node in by_node.values() for item in node["items"]]
-    assert sorted(items) == sorted(item for _, _, item in expected) and report["measured"] == len(expected)
-    stored = sqlite3.connect(tmp_path / "farm.sqlite").execute("SELECT item, details FROM latency")
-    assert all(json.loads(details)["farm_node"] in by_node and item in by_node[json.loads(details)["farm_node"]]["items"]
-               for item, details in stored)
-    assert any("busy" in what and "measurements/min" in what for what in steps)
-    executor.close()
+    assert cache_keys(cache) == expected and len(expected) > 10
+    summary = json.loads(out)
+    assert summary["device"] == next(iter(expected))[0] and summary["measurements"]["measured"] == len(expected)
+    # Both devices measured, each thing once, and each cache row names its node.
+    nodes = [json.loads(details)["farm_node"] for (details,) in sqlite3.connect(cache).execute(
+        "SELECT details FROM latency")]
+    assert len(nodes) == len(expected) and {node.split("@")[1].split("/")[0] for node in nodes} == {
+        "127.0.0.3", "127.0.0.4"}
+    code, _, err = run_cli(monkeypatch, capsys, "profile", "--image-size", "64", "--device", DEVICE)
+    assert code == 2 and err.strip() == "error: --device: a device kind only applies to measuring on a farm"
+    code, _, err = run_cli(monkeypatch, capsys, "search", "--out", str(tmp_path / "s"), "--layers", "91",
+                           "--farm", farm.address)
+    assert code == 2 and "--farm" in err and "--latency-ms" in err and not (tmp_path / "s").exists()
 
 
 def test_a_killed_node_loses_nothing_and_counts_nothing_twice(farm, tmp_path):
@@ -101,6 +100,7 @@ def test_a_killed_node_loses_nothing_and_counts_nothing_twice(farm, tmp_path):
     assert sorted(items) == sorted(r.item for r in requests)       # nothing lost, nothing twice
     assert measurer.cache.get_many(items).keys() == set(items)
     assert executor.measured == len(requests)
+    assert executor.status().startswith(f"{DEVICE}: 0 busy, 3 idle") and "measurements/min" in executor.status()
     measurer.close()
     executor.close()
 
@@ -136,28 +136,6 @@ def test_a_window_past_the_timeout_is_retried_once_then_reported(farm):
     assert error.value.setting == "farm" and "hung past 0.05 s twice" in error.value.message
     assert windows[0][0].item in error.value.message and executor.timed_out == [windows[0][0].item]
     executor.close()
-
-
-def test_profile_command_measures_on_the_farm_and_flags_are_checked(farm, monkeypatch, capsys, tmp_path):
-    from maedet_deploy.search.farm import open_farm
-
-    with open_farm(farm.address, DEVICE) as executor:
-        fleet_id = executor.fingerprint_id
-    cache = tmp_path / "cli.sqlite"
-    code, out, err = run_cli(monkeypatch, capsys, "profile", "--image-size", "64", "--threads", "1", "--quiet-wait", "0",
-                             "--profile-walks", "1", "--latency-cache", str(cache), "--farm", farm.address,
-                             "--device", DEVICE, "--json")
-    assert code == 0, err
-    summary = json.loads(out)
-    assert summary["device"] == fleet_id and summary["measurements"]["measured"] > 0
-    nodes = {json.loads(details)["farm_node"] for (details,) in sqlite3.connect(cache).execute(
-        "SELECT details FROM latency")}
-    assert nodes and all("@127.0.0." in node for node in nodes)
-    code, _, err = run_cli(monkeypatch, capsys, "profile", "--image-size", "64", "--device", DEVICE)
-    assert code == 2 and err.strip() == "error: --device: a device kind only applies to measuring on a farm"
-    code, _, err = run_cli(monkeypatch, capsys, "search", "--out", str(tmp_path / "s"), "--layers", "91",
-                           "--farm", farm.address)
-    assert code == 2 and "--farm" in err and "--latency-ms" in err and not (tmp_path / "s").exists()
 
 
 def test_unreachable_farm_and_version_mismatch_are_one_line(farm):
