@@ -30,9 +30,9 @@ TARGET = LatencyTarget(threads=1)
 DEVICE = "cpu-test"
 
 
-def plan_session(measurer) -> LatencySession:
+def plan_session(measurer, walks: int = 2) -> LatencySession:
     """The profile a small search needs (about 20 blocks and networks at 64x64)."""
-    return LatencySession(measurer, "k1kxk1", TINY, SIZE, "backbone", walks=2)
+    return LatencySession(measurer, "k1kxk1", TINY, SIZE, "backbone", walks=walks)
 
 
 def cache_keys(path: Path) -> set[tuple[str, str, str]]:
@@ -51,12 +51,12 @@ def farm(tmp_path_factory):
 
 def test_profile_command_on_the_farm_fills_the_cache_like_in_process(farm, monkeypatch, capsys, tmp_path, tiny_file):
     local = open_measurer(TARGET, str(tmp_path / "local.sqlite"), FAST)
-    plan_session(local).prepare()
+    plan_session(local, walks=1).prepare()
     local.close()
     cache = tmp_path / "farm.sqlite"
     code, out, err = run_cli(monkeypatch, capsys, "profile", "--init", str(tiny_file), "--image-size", str(SIZE[0]),
                              "--threads", "1",
-                             "--quiet-wait", "0", "--profile-walks", "2", "--latency-cache", str(cache),
+                             "--quiet-wait", "0", "--profile-walks", "1", "--latency-cache", str(cache),
                              "--farm", farm.address, "--device", DEVICE, "--json")
     assert code == 0, err
     expected = cache_keys(tmp_path / "local.sqlite")
