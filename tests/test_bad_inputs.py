@@ -159,6 +159,7 @@ CASES = [
     ("pipeline-bench-seconds", ["pipeline", "--latency-ms", "5", "--bench-seconds", "0", "--out", "p"],
      "--bench-seconds"),
     ("pipeline-holdout", ["pipeline", "--latency-ms", "5", "--holdout", "100000", "--out", "p"], "--holdout"),
+    ("pipeline-float-macs", ["pipeline", "--latency-ms", "5", "--float-macs", "1", "--out", "p"], "--float-macs"),
     ("pipeline-cache-is-folder", ["pipeline", "--latency-ms", "5", "--latency-cache", "{in}/folder", "--out", "p"],
      "--latency-cache"),
 ]

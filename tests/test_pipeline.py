@@ -36,7 +36,8 @@ SIZE = 64
 
 TINY_OPTIONS = dict(latency_ms=None, speedup=0.5, image_size=SIZE, backend="onnxruntime", iterations=256,
                     population=8, num_classes=4, num_images=4, holdout=3, bench_seconds=0.2, threads=1,
-                    quiet_wait=0.0, profile_walks=2, latency_check_every=4)
+                    quiet_wait=0.0, profile_walks=2, latency_check_every=4,
+                    float_macs=0.0)   # no sensitivity ranking: the crash test runs 20 pipelines
 
 
 def tiny_settings(tmp_path, tiny_file, **changes) -> PipelineSettings:
@@ -57,7 +58,7 @@ def workspace(tmp_path_factory) -> Path:
 def test_tiny_pipeline_report_matches_its_stages_and_resumes(workspace):
     # --speedup 0.5 against the tiny net itself: a budget of twice its measured latency.
     tiny_file = workspace / "tiny.json"
-    settings = tiny_settings(workspace, tiny_file)
+    settings = tiny_settings(workspace, tiny_file, float_macs=PipelineSettings.float_macs)   # calibrate's default
     lines = []
     first = run_pipeline(settings, log=lines.append, reproduce=reproduce_commands)
     out = settings.out
@@ -112,7 +113,8 @@ def test_tiny_pipeline_report_matches_its_stages_and_resumes(workspace):
     again = run_pipeline(settings, log=lines.append)
     assert all(stage.reused for stage in again.stages.values())
     assert again.stages["search"].data == first.stages["search"].data
-    longer = run_pipeline(tiny_settings(workspace, tiny_file, bench_seconds=0.3), log=lines.append)
+    longer = run_pipeline(tiny_settings(workspace, tiny_file, float_macs=settings.float_macs, bench_seconds=0.3),
+                          log=lines.append)
     assert [name for name, stage in longer.stages.items() if not stage.reused] == ["bench"]
     assert any("reused" in line for line in lines)
 

@@ -237,10 +237,12 @@ def within_budget(full: onnx.ModelProto, float_model: onnx.ModelProto, quantize:
     """Label-free partial quantization: the most sensitive units (error per MAC) stay float
     while the float share of the conv MACs (layers already float included) stays within
     `share`; units too large for what is left are skipped."""
-    ranking = layer_sensitivity(float_model, full, batches, macs, progress)
     quantized = set(quantized_layers(full))
     already = sum(count for layer, count in macs.items() if layer not in quantized)
     left, kept = share * sum(macs.values()) - already, []
+    if left <= 0:     # the layers float already spend the budget: no ranking to pay for
+        return PartialResult(full, None, [], None, True, [])
+    ranking = layer_sensitivity(float_model, full, batches, macs, progress)
     for unit in ranking:
         if unit.error > 0 and unit.macs <= left:
             kept.append(unit)

@@ -12,6 +12,7 @@ from ..errors import MaedetError
 from ..pipeline import PipelineSettings, run_pipeline
 from .common import (DeviceOption, FarmOption, LatencyCacheOption, LatencyCheckEveryOption, LatencyThreadsOption,
                      QuietWaitOption, VerifyTopOption, WalksOption, console, format_image_size, parse_image_size)
+from .calibrate_cmd import FloatMacs
 from .search_cmd import run_with_progress
 
 if TYPE_CHECKING:
@@ -46,6 +47,7 @@ def pipeline(
                                              "detectors).")] = DEFAULT_METHOD,
     num_images: Annotated[int, typer.Option(help="Calibration images used.")] = 32,
     holdout: Annotated[int, typer.Option(help="Images held out to measure INT8 agreement.")] = 8,
+    float_macs: FloatMacs = PipelineSettings.float_macs,
     bench_seconds: Annotated[float, typer.Option(help="Timed seconds per model in the final bench.")] = 3.0,
     latency_cache: LatencyCacheOption = None,
     threads: LatencyThreadsOption = None,
@@ -58,9 +60,7 @@ def pipeline(
 ) -> None:
     """From a latency budget to a benchmarked INT8 detector and a report, in one command.
 
-    Searches a backbone under the budget (measured here), exports the detector, calibrates it to INT8,
-    benches FP32/INT8 against the ResNet-50 detector and writes report.md / report.html in --out.
-    Finished stages are reused when run again; one run at a time may use an output folder.
+    Searches a backbone under the budget (measured here, or on the devices of a --farm), exports the detector, calibrates it to INT8 (calibrate's default recipe), benches FP32/INT8 against the ResNet-50 detector and writes report.md / report.html in --out. Finished stages are reused when run again; one run at a time may use an output folder.
 
     Examples (each about 5 minutes on a 2-core CPU, a minute with a warm latency cache):
 
@@ -72,8 +72,8 @@ def pipeline(
         latency_ms=latency_ms, speedup=speedup, out=out, image_size=parse_image_size(image_size), batch=batch,
         backend=backend, scope=scope, layers=layers, iterations=iterations, population=population, seed=seed,
         init=init, baseline=baseline, num_classes=num_classes, images=images, method=method, num_images=num_images,
-        holdout=holdout, bench_seconds=bench_seconds, latency_cache=latency_cache, threads=threads,
-        quiet_wait=quiet_wait, verify_top=verify_top, latency_check_every=latency_check_every,
+        holdout=holdout, float_macs=float_macs, bench_seconds=bench_seconds, latency_cache=latency_cache,
+        threads=threads, quiet_wait=quiet_wait, verify_top=verify_top, latency_check_every=latency_check_every,
         profile_walks=profile_walks, farm=farm, device=device)
     result = run_pipeline(settings, log=lambda line: console.print(f"[bold]stage[/] {line}", highlight=False),
                           search_runner=run_with_progress, reproduce=reproduce_commands)
@@ -113,7 +113,8 @@ def reproduce_commands(plan: "Plan", budget: "Budget") -> list[str]:
     return [
         f"maedet-deploy pipeline {given} --image-size {size} --backend {backend}"
         + _flags(settings, ("scope", "layers", "iterations", "population", "seed", "init", "baseline",
-                            "num_classes", "batch", "images", "method", "num_images", "holdout", "bench_seconds",
+                            "num_classes", "batch", "images", "method", "num_images", "holdout", "float_macs",
+                            "bench_seconds",
                             *tuning))
         + f" --out {out}",
         "# the same, stage by stage:",
@@ -124,7 +125,7 @@ def reproduce_commands(plan: "Plan", budget: "Budget") -> list[str]:
         f"maedet-deploy export {settings.baseline} {export} --out {out / 'export' / 'baseline.onnx'}",
         f"maedet-deploy calibrate {out / 'export' / 'detector.onnx'} --images {plan.images} "
         f"--method {settings.method} --backend {backend} --num-images {settings.num_images} "
-        f"--holdout {settings.holdout} --seed {settings.seed} "
+        f"--holdout {settings.holdout} --float-macs {settings.float_macs:g} --seed {settings.seed} "
         f"--out {out / 'calibrate' / 'detector.int8.onnx'} --report {out / 'calibrate' / 'calibration.json'}",
         *(f"maedet-deploy bench {model} --backend {backend} --duration {settings.bench_seconds:g}"
           for model in (out / "export" / "detector.onnx", out / "calibrate" / "detector.int8.onnx",

@@ -81,7 +81,8 @@ def _run_stages(plan: Plan, budget: Budget, out: Path, log: Log, search_runner: 
     exported = steps.export_result(export)
     calib = stage("calibrate", {"export": export.digest, "images": plan.digests["images"], "method": settings.method,
                                 "num_images": settings.num_images, "holdout": settings.holdout,
-                                "seed": settings.seed, "backend": plan.backend},
+                                "seed": settings.seed, "backend": plan.backend,
+                                "float_macs": settings.float_macs},
                   lambda d: steps.calibrate(plan, export.path(exported.detector), d))
     models = {"searched FP32": export.path(exported.detector),
               "searched INT8": calib.path(steps.calibration_result(calib).int8),

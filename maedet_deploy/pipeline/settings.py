@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..backends import resolve_backend
-from ..calib import CALIBRATION_METHODS, DEFAULT_METHOD, sample_images
+from ..calib import CALIBRATION_METHODS, DEFAULT_FLOAT_MACS, DEFAULT_METHOD, sample_images
 from ..digest import sha256_file, sha256_json
 from ..errors import MaedetError
 from ..ranges import check_range
@@ -21,7 +21,8 @@ from ..zoo import resolve_structure
 _RANGES: dict[str, tuple[float | None, float | None]] = {
     "latency_ms": (1e-6, None), "speedup": (1e-6, None), "batch": (1, 4096), "layers": (0, Limits().layers),
     "iterations": (1, None), "population": (1, None), "seed": (0, 2**63 - 1), "num_classes": (1, Limits().channels),
-    "num_images": (1, None), "holdout": (0, None), "bench_seconds": (1e-3, 86_400), "verify_top": (1, None),
+    "num_images": (1, None), "holdout": (0, None), "float_macs": (0, 0.99), "bench_seconds": (1e-3, 86_400),
+    "verify_top": (1, None),
     "threads": (1, 4096), "quiet_wait": (0, 86_400), "profile_walks": (1, None),
     "latency_check_every": (1, None),
 }
@@ -48,6 +49,7 @@ class PipelineSettings:
     num_classes: int = 80
     images: Path | None = None
     method: str = DEFAULT_METHOD
+    float_macs: float = DEFAULT_FLOAT_MACS
     num_images: int = 32
     holdout: int = 8
     bench_seconds: float = 3.0

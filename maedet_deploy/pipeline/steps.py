@@ -73,7 +73,7 @@ def calibrate(plan: Plan, detector: Path, directory: Path) -> dict[str, Any]:
     result = run_calibration(CalibrationSettings(
         model=detector, images=plan.images, out=directory / "detector.int8.onnx", method=settings.method,
         num_images=settings.num_images, holdout=settings.holdout, seed=settings.seed, backend=plan.backend,
-        report=directory / "calibration.json"))
+        float_macs=settings.float_macs, report=directory / "calibration.json"))
     return CalibrationResult.from_calibration("detector.int8.onnx", result).to_dict()
 
 
