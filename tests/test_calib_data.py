@@ -216,3 +216,18 @@ def test_bad_tensor_files_are_one_line_errors_never_unpickled(case, message, tmp
         np.save(path, np.array(["a", "b"]))
     with pytest.raises(MaedetError, match=message):
         load_arrays(path)
+
+
+def test_sample_images_are_the_photographs_that_decode_linked_once(tmp_path, monkeypatch):
+    from maedet_deploy.calib import sample_images
+    from maedet_deploy.inputs import list_images, open_image
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    folder = sample_images()
+    files = list_images(folder)
+    assert folder.parent == tmp_path / "maedet-deploy" and len(files) > 20
+    for path in files:
+        open_image(path)                                   # every one decodes
+    shipped = {path.name for path in list_images(files[0].resolve().parent)}
+    assert {path.name for path in files} < shipped and "multipage_rgb.tif" not in {path.name for path in files}
+    assert sample_images() == folder and not list(folder.parent.glob(".sample-images-*"))

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
+from ..cachedir import cache_dir
 from ..errors import MaedetError, first_line
 
 ENV_VAR = "MAEDET_LATENCY_CACHE"
@@ -40,8 +41,7 @@ def default_cache_path() -> Path:
     """$MAEDET_LATENCY_CACHE, else ~/.cache/maedet-deploy/latency.sqlite (XDG_CACHE_HOME honoured)."""
     if os.environ.get(ENV_VAR):
         return Path(os.environ[ENV_VAR]).expanduser()
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "maedet-deploy" / "latency.sqlite"
+    return cache_dir() / "latency.sqlite"
 
 
 @dataclass(frozen=True)
