@@ -62,7 +62,7 @@ def pipeline(
 
     Searches a backbone under the budget (measured here, or on the devices of a --farm), exports the detector, calibrates it to INT8 (calibrate's default recipe), benches FP32/INT8 against the ResNet-50 detector and writes report.md / report.html in --out. Finished stages are reused when run again; one run at a time may use an output folder.
 
-    Examples (each about 5 minutes on a 2-core CPU, a minute with a warm latency cache):
+    Examples (each about 3 minutes on a 2-core CPU with a cold latency cache, about one with a warm one):
 
       maedet-deploy pipeline --speedup 1.5 --out runs/demo      # 1.5x faster than the ResNet-50 detector
       maedet-deploy pipeline --latency-ms 45 --image-size 256 --out runs/r45
