@@ -12,11 +12,14 @@ from ..errors import MaedetError
 from ..pipeline import PipelineSettings, run_pipeline
 from .common import (DeviceOption, FarmOption, LatencyCacheOption, LatencyCheckEveryOption, LatencyThreadsOption,
                      QuietWaitOption, VerifyTopOption, WalksOption, console, format_image_size, parse_image_size)
-from .calibrate_cmd import FloatMacs
 from .search_cmd import run_with_progress
 
 if TYPE_CHECKING:
     from ..pipeline import Budget, PipelineSummary, Plan
+
+FloatMacsOption = Annotated[float, typer.Option(help="INT8: the layers most sensitive to it stay float while at most "
+                                                     "this share of the conv MACs is float (as `calibrate "
+                                                     "--float-macs`).")]
 
 
 def pipeline(
@@ -47,7 +50,7 @@ def pipeline(
                                              "detectors).")] = DEFAULT_METHOD,
     num_images: Annotated[int, typer.Option(help="Calibration images used.")] = 32,
     holdout: Annotated[int, typer.Option(help="Images held out to measure INT8 agreement.")] = 8,
-    float_macs: FloatMacs = PipelineSettings.float_macs,
+    float_macs: FloatMacsOption = PipelineSettings.float_macs,
     bench_seconds: Annotated[float, typer.Option(help="Timed seconds per model in the final bench.")] = 3.0,
     latency_cache: LatencyCacheOption = None,
     threads: LatencyThreadsOption = None,
