@@ -138,12 +138,13 @@ def layer_sensitivity(float_model: onnx.ModelProto, qdq_model: onnx.ModelProto, 
     layers = quantized_layers(qdq_model)
     tails = units(float_model, layers)
     points = sorted(set(raw_points(float_model).values()))
-    with load_runner(expose(float_model, points).SerializeToString()) as runner:
+    exposed = expose(float_model, points)     # copied once: each single-layer model is one more copy of it
+    with load_runner(exposed.SerializeToString()) as runner:
         reference = run_reference(runner, batches)
     op_types = {node.name: node.op_type for node in float_model.graph.node}
     out = []
     for index, layer in enumerate(layers):
-        single = expose(quantize_only(float_model, qdq_model, tails[layer]), points)
+        single = quantize_only(exposed, qdq_model, tails[layer])
         agreement = OutputAgreement(names=points)
         with load_runner(single.SerializeToString()) as runner:
             compare_with(reference, runner, [agreement])
