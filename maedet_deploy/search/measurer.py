@@ -145,14 +145,14 @@ class Measurer:
     """Latencies of structures on one target, through the cache; missing ones are measured by
     the executor (in this process by default)."""
 
-    def __init__(self, target: LatencyTarget, cache: LatencyCache, timing: TimingSettings | None = None,
-                 limits: MeasureLimits | None = None, executor: Executor | None = None) -> None:
-        self.owns_executor = executor is None    # a given executor is closed by whoever opened it
+    def __init__(self, target: LatencyTarget, cache: LatencyCache, timing: TimingSettings | None,
+                 limits: MeasureLimits | None, executor: Executor, owns_executor: bool) -> None:
+        self.owns_executor = owns_executor    # a given executor is closed by whoever opened it
         self.target = target
         self.cache = cache
         self.timing = timing or TimingSettings.for_backend(target.backend)
         self.limits = limits or MeasureLimits()
-        self.executor = executor or InProcessExecutor()
+        self.executor = executor
         self.counters = MeasureCounters()
         self.contended: set[str] = set()   # items measured while other programs held the CPU
         self.measured_here: set[str] = set()   # final for this measurer, contended or not
@@ -199,4 +199,4 @@ def open_measurer(target: LatencyTarget, cache_path: str | None, timing: TimingS
     target = measuring.target(target)
     device, fingerprint = measuring.device()
     cache = LatencyCache(cache_path, device, fingerprint, target.cache_key())
-    return Measurer(target, cache, timing, limits, executor)
+    return Measurer(target, cache, timing, limits, measuring, owns_executor=executor is None)

@@ -25,10 +25,9 @@ from pathlib import Path
 from typing import Any, Iterator, NamedTuple, Sequence
 
 from ..latency_cache import Entry
-from ..exporter import Exporter
+from ..measurer import InProcessExecutor
 from ..requests import Request
 from ..target import PROTOCOL, LatencyTarget, MeasureLimits, TimingSettings
-from ..window import measure_window
 
 TEMP_PREFIX = "maedet-farm-"
 
@@ -43,13 +42,7 @@ class WindowResult(NamedTuple):
     peak_rss_mb: float         # of the worker process, over its life so far
 
 
-_EXPORTER: Exporter | None = None    # one export process per worker process, reused by its tasks
-
-
-def _exporter(target: LatencyTarget) -> Exporter:
-    global _EXPORTER
-    _EXPORTER = _EXPORTER or Exporter(overlaps=target.backend != "onnxruntime")
-    return _EXPORTER
+_HERE = InProcessExecutor()    # this worker process's measuring: one export process, reused by its tasks
 
 
 def _pid_alive(pid: int) -> bool:
@@ -101,8 +94,7 @@ def measure_task(target: LatencyTarget, timing: TimingSettings, limits: MeasureL
 
     with task_folder() as folder:
         limits = MeasureLimits(len(requests), limits.memory_mb, limits.disk_mb, str(folder))
-        measured = dict((request.item, entry) for request, entry in
-                        measure_window(target, timing, requests, limits, None, _exporter(target)))
+        measured = {request.item: entry for request, entry in _HERE.run(target, timing, limits, [requests], None)}
         entries = [measured[request.item] for request in requests]
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return WindowResult(_node_id(), socket.gethostname(), fingerprint_id(), entries, rss_mb)
