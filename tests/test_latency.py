@@ -1,6 +1,7 @@
 """Latency-aware search: SQLite cache, real ONNX export + ONNX Runtime measurements, predictor, CLI."""
 
 import json
+import math
 import sqlite3
 import subprocess
 import sys
@@ -18,6 +19,7 @@ from maedet_deploy.errors import MaedetError
 from maedet_deploy.models import build_block
 from maedet_deploy.search import (Entry, LatencyCache, LatencyTarget, TimingSettings, block_item, network_item,
                                   open_measurer)
+from maedet_deploy.search.requests import yardstick_requests
 from maedet_deploy.search.predictor import FEATURES, block_features, build_predictor, nnls
 from maedet_deploy.search.session import LatencySession
 from maedet_deploy.search.verify import pareto_front
@@ -113,16 +115,38 @@ def test_measurer_exports_times_and_reuses(tmp_path):
     assert measurer.blocks(placed) == first and measurer.counters.cached == 2
     whole = measurer.networks([TINY], SIZE, "detector")[0]
     entry = measurer.cache.get(network_item(TINY, "detector", SIZE))
-    assert entry.latency_ms == whole == entry.details["stats"]["median_ms"]
+    raw = entry.details["raw_ms"]
+    assert entry.latency_ms == whole == raw / entry.details["speed_factor"] and raw == entry.details["stats"]["median_ms"]
     assert entry.details["runner"]["intra_threads"] == 1 and len(entry.details["visit_medians_ms"]) >= 2
     # The cached number is the fastest quiet visit; with too few quiet visits (a busy host), the
     # fastest of all, marked contended. Which one happened depends on the host; the rule must hold.
     medians, shares = entry.details["visit_medians_ms"], entry.details["visit_cpu_share"]
     quiet = [m for m, share in zip(medians, shares) if share >= FAST.quiet]
     assert entry.details["contended"] == (len(quiet) < FAST.visits)
-    assert whole == (min(medians) if entry.details["contended"] else min(quiet))
+    assert raw == (min(medians) if entry.details["contended"] else min(quiet))
     assert whole > measurer.networks([TINY], SIZE, "backbone")[0]   # neck and head cost time
     measurer.close()
+
+
+def test_windows_are_expressed_at_the_yardsticks_reference_speed(tmp_path):
+    """The first measurement into a cache times the yardsticks alone: their rows are the device's
+    reference. Every later window times them beside its things and divides by their slowdown."""
+    measurer = open_measurer(TARGET, str(tmp_path / "c.sqlite"), FAST)
+    measurer.networks([TINY], SIZE, "backbone")
+    reference = measurer.cache.get_many(r.item for r in yardstick_requests())
+    assert len(reference) == 2 and all(e.details["speed_factor"] == 1.0 for e in reference.values())
+    measurer.blocks(block_inputs(TINY, SIZE)[1:3])
+    for item in (network_item(TINY, "backbone", SIZE), block_item(*block_inputs(TINY, SIZE)[1])):
+        details = measurer.cache.get(item).details
+        ratios = [ms / reference[r.item].latency_ms for ms, r in zip(details["yardstick_ms"], yardstick_requests())]
+        assert details["speed_factor"] == pytest.approx(math.prod(ratios) ** 0.5)
+        assert measurer.cache.get(item).latency_ms == pytest.approx(details["raw_ms"] / details["speed_factor"])
+    measurer.close()
+    serial = open_measurer(TARGET, str(tmp_path / "s.sqlite"), replace(FAST, spread=False))   # TensorRT's way
+    serial.networks([TINY], SIZE, "backbone")
+    assert serial.cache.count() == 1 and serial.cache.get(network_item(TINY, "backbone", SIZE)).details[
+        "speed_factor"] == 1.0
+    serial.close()
 
 
 def visit_times(cache: LatencyCache, items: list[str]) -> list[list[float]]:

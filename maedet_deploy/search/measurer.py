@@ -29,7 +29,7 @@ pickles; `close` ends what it started.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Iterator, Protocol, Sequence
 
 from ..errors import MaedetError
@@ -37,7 +37,7 @@ from ..errors import MaedetError
 from ..progress import Progress
 from ..structure import Block, Structure
 from .latency_cache import Entry, LatencyCache
-from .requests import Request, block_requests, network_requests
+from .requests import Request, block_requests, network_requests, yardstick_requests
 from .target import LatencyTarget, MeasureLimits, TimingSettings
 from .exporter import Exporter
 from .window import measure_window
@@ -180,7 +180,8 @@ class Measurer:
         self.counters.remeasured += len(stale)
         size = self.limits.window
         windows = [missing[start:start + size] for start in range(0, len(missing), size)]
-        for request, entry in self.executor.run(self.target, self.timing, self.limits, windows, progress):
+        timing = self.referenced_timing() if missing else self.timing
+        for request, entry in self.executor.run(self.target, timing, self.limits, windows, progress):
             self.cache.put(request.item, entry)
             self.measured_here.add(request.item)
             self.counters.add(entry)
@@ -189,6 +190,20 @@ class Measurer:
             if found[request.item].details.get("contended"):
                 self.contended.add(request.item)
         return [found[r.item].latency_ms for r in requests]
+
+    def referenced_timing(self) -> TimingSettings:
+        """The timing settings with this device's yardstick reference (see `window`), measured into
+        the cache the first time (a few seconds); on a target whose visits are not spread, as they are."""
+        if not self.timing.spread:
+            return self.timing
+        yardsticks = yardstick_requests()
+        found = self.cache.get_many(r.item for r in yardsticks)
+        missing = [r for r in yardsticks if r.item not in found]
+        if missing:
+            for request, entry in self.executor.run(self.target, self.timing, self.limits, [missing], None):
+                self.cache.put(request.item, entry)
+                found[request.item] = entry
+        return replace(self.timing, reference_ms=tuple(found[r.item].latency_ms for r in yardsticks))
 
 
 def open_measurer(target: LatencyTarget, cache_path: str | None, timing: TimingSettings | None = None,

@@ -10,6 +10,7 @@ from typing import NamedTuple, Sequence
 from ..structure import Block, Structure
 
 NECK_CHANNELS = 128      # the detector's PAN width (export_structure_onnx's default), fixed across candidates
+YARDSTICKS = (("maedet-seed", 224), ("maedet-seed", 160))   # zoo backbones timed beside every CPU window
 
 
 class Request(NamedTuple):
@@ -36,3 +37,16 @@ def block_requests(placed: Sequence[tuple[Block, int, int]]) -> list[Request]:
 
 def network_requests(structures: Sequence[Structure], image_size: tuple[int, int], scope: str) -> list[Request]:
     return [Request(network_item(s, scope, image_size), s, image_size, scope) for s in structures]
+
+
+def yardstick_requests() -> list[Request]:
+    """The fixed networks whose latency, timed in every window beside its things, tells how fast the
+    host runs at the moment (see `window`); their own items never collide with a search's."""
+    from ..zoo import get_structure
+
+    out = []
+    for name, size in YARDSTICKS:
+        structure = get_structure(name)
+        out.append(Request("yardstick:" + network_item(structure, "backbone", (size, size)), structure, (size, size),
+                           "backbone"))
+    return out

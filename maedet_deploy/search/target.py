@@ -10,7 +10,7 @@ from typing import Any
 from ..errors import MaedetError
 
 TARGET_PRECISIONS = ("fp32", "fp16", "int8")   # what a latency target may time (int8 is refused)
-PROTOCOL = "visits-v3"   # cache rows of an older timing protocol are never mixed with these
+PROTOCOL = "visits-v4"   # cache rows of an older timing protocol are never mixed with these
 
 
 @dataclass(frozen=True)
@@ -81,7 +81,10 @@ class TimingSettings:
     window; what is still short after that is kept with the best visit and marked
     contended (left out of every fit, and measured again by the next search that
     needs it). With no patience (never wait), nothing is timed again either.
-    `min_gap_s` holds passes apart for small windows."""
+    `min_gap_s` holds passes apart for small windows. `reference_ms`: the
+    yardsticks' reference latencies on this device (`requests.yardstick_requests`);
+    given, a spread window times the yardsticks beside its things and expresses
+    its latencies at the reference speed (see `window`)."""
 
     visits: int = 5
     round_s: float = 0.1
@@ -93,6 +96,7 @@ class TimingSettings:
     backoff_s: float = 0.25
     spread: bool = True
     min_gap_s: float = 0.0
+    reference_ms: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         if self.visits < 1 or self.round_s <= 0 or self.min_iterations < 1 or self.retries < 0:

@@ -19,6 +19,17 @@ visits while their weights fit `MeasureLimits.memory_mb`, the rest are rebuilt
 for every visit. The temporary folder is removed on every path, and by a small
 janitor process if this process is killed (`tempfiles`).
 
+Slow spells that last minutes: a window's things are all timed inside them, so
+spreading visits cannot help, and measurements taken minutes apart disagree by
+the spell (on a 2-core VM, sessions a minute apart disagreed by 3% sd, up to
+9%, with 1.6% scatter within each). So on a CPU target every window also times
+two fixed yardstick networks (`requests.yardstick_requests`), first in each
+pass, and divides its latencies by the yardsticks' slowdown against their
+reference latencies on this device (the cache's first measurement of them):
+what a window measures is expressed at one reference speed, whenever it ran.
+On the same recording that cut the sessions' disagreement to 1.1% sd (pair
+MAPE 3.9% -> 2.3%). The raw number and the factor stay in each entry's details.
+
 `measure_window` touches no cache and takes only plain values, so it runs in
 any process (the in-process measurer, or a worker of a device farm); each
 request's entry is yielded as soon as its visits are done.
@@ -41,9 +52,9 @@ import numpy as np
 from ..errors import MaedetError
 from ..progress import Progress
 from .compact import CompactModel, materialize
-from .exporter import Exporter, trim_heap
+from .exporter import Exported, Exporter, trim_heap
 from .latency_cache import Entry
-from .requests import Request
+from .requests import Request, yardstick_requests
 from .target import PROTOCOL, LatencyTarget, MeasureLimits, TimingSettings
 from .tempfiles import temporary_folder
 
@@ -109,6 +120,12 @@ class _Window:
 
     def received(self, request: Request, future: Future) -> _Timed:
         """A finished export, as a thing to time (its file is gone already)."""
+        exported = self.exported(request, future)
+        self.step(request.item)
+        return _Timed(request, exported.model, exported.export_s, exported.file_mb)
+
+    def exported(self, request: Request, future: Future) -> Exported:
+        """A finished export, within the temporary disk allowed."""
         try:
             exported = future.result()
         except BrokenProcessPool:
@@ -118,14 +135,13 @@ class _Window:
         if exported.file_mb > self.limits.disk_mb:
             raise MaedetError(f"{request.item} exports to {exported.file_mb:.0f} MB, over the {self.limits.disk_mb:g} "
                               "MB of temporary disk allowed", setting="measure_disk_mb")
-        self.step(request.item)
-        return _Timed(request, exported.model, exported.export_s, exported.file_mb)
+        return exported
 
-    def plan_memory(self, things: Sequence[_Timed]) -> None:
-        """Keep loaded what fits the memory limit, those dearest to reload first (most weights per MB
-        held: rebuilding a model costs time in proportion to its weights, while a block at a high
-        resolution holds mostly activations and reloads in milliseconds)."""
-        room = self.limits.memory_mb
+    def plan_memory(self, things: Sequence[_Timed], reserved_mb: float) -> None:
+        """Keep loaded what fits the memory limit (less what the yardsticks hold), those dearest to
+        reload first (most weights per MB held: rebuilding a model costs time in proportion to its
+        weights, while a block at a high resolution holds mostly activations and reloads in ms)."""
+        room = self.limits.memory_mb - reserved_mb
         for thing in sorted(things, key=lambda t: -t.model.weight_bytes / t.held_mb):
             thing.keep = thing.held_mb <= room
             room -= thing.held_mb if thing.keep else 0.0
@@ -187,8 +203,9 @@ class _Window:
         if share < timing.quiet:
             time.sleep(timing.backoff_s)
 
-    def entry(self, thing: _Timed) -> Entry:
-        """The fastest quiet visit (the fastest of all when too few were quiet: contended)."""
+    def entry(self, thing: _Timed, yardsticks: "_Yardsticks | None") -> Entry:
+        """The fastest quiet visit (the fastest of all when too few were quiet: contended), at the
+        reference speed when yardsticks were timed beside it."""
         from ..bench.measure import summarise
 
         quiet = thing.quiet(self.timing.quiet)
@@ -196,7 +213,9 @@ class _Window:
         best = min(quiet if enough else [timings for timings, _, _ in thing.visits], key=_median_ms)
         stats = summarise([best], self.target.batch)
         request = thing.request
-        details = {"stats": stats.to_dict(), "protocol": PROTOCOL,
+        factor = yardsticks.factor(self.timing.quiet) if yardsticks else 1.0
+        details = {"stats": stats.to_dict(), "protocol": PROTOCOL, "raw_ms": stats.median_ms,
+                   "speed_factor": factor, "yardstick_ms": yardsticks.best_ms(self.timing.quiet) if yardsticks else [],
                    "visit_medians_ms": [_median_ms(t) for t, _, _ in thing.visits],
                    "visit_cpu_share": [share for _, share, _ in thing.visits],
                    "visit_at_s": [at for _, _, at in thing.visits], "contended": not enough,
@@ -205,13 +224,16 @@ class _Window:
                    "peak_held_mb": round(self.peak_held_mb, 3),
                    "runner": thing.settings, "scope": request.scope, "image_size": list(request.image_size),
                    "blocks": request.structure.to_dicts()}
-        return Entry(stats.median_ms, thing.export_s, thing.seconds, details)
+        return Entry(stats.median_ms / factor, thing.export_s, thing.seconds, details)
 
-    def time(self, things: list[_Timed], between_passes: Callable[[], None]) -> Iterator[_Timed]:
-        """Visit every thing once per pass; yield each as soon as it has its quiet visits, and those
-        still short of them when patience runs out. `between_passes` runs after every pass."""
+    def time(self, things: list[_Timed], between_passes: Callable[[], None],
+             yardsticks: "_Yardsticks | None") -> Iterator[_Timed]:
+        """Visit the yardsticks and then every thing once per pass; yield each thing as soon as it has
+        its quiet visits, and those still short of them when patience runs out. `between_passes`
+        runs after every pass."""
         timing = self.timing
-        self.plan_memory(things)
+        reserved = yardsticks.restart() if yardsticks else 0.0
+        self.plan_memory(things, reserved)
         pending = list(things)
         regular_end = None
         passes = 0
@@ -221,8 +243,10 @@ class _Window:
                 if time.perf_counter() - regular_end > timing.patience:
                     break
             pass_start = time.perf_counter()
+            if yardsticks:
+                yardsticks.visit(self)
             for thing in list(pending):
-                held = sum(t.held_mb for t in pending if t.keep and t.runner is not None and t is not thing)
+                held = reserved + sum(t.held_mb for t in pending if t.keep and t.runner is not None and t is not thing)
                 self.visit(thing, held)
                 self.step(thing.request.item, planned=int(passes >= timing.visits))
                 if len(thing.quiet(timing.quiet)) >= timing.visits:
@@ -237,6 +261,53 @@ class _Window:
         for thing in pending:
             self.unload(thing)
             yield thing
+
+
+_YARDSTICK_MODELS: dict[tuple[str, int], Exported] = {}   # exported once per process
+
+
+class _Yardsticks:
+    """The yardsticks of a measuring call, kept loaded: visited first in every pass of a window;
+    their fastest visits in the window against their reference latencies give its speed factor."""
+
+    def __init__(self, things: list[_Timed], reference_ms: Sequence[float]) -> None:
+        self.things, self.reference_ms = things, tuple(reference_ms)
+
+    @classmethod
+    def open(cls, window: _Window, exporter: Exporter) -> "_Yardsticks | None":
+        timing = window.timing
+        if not (timing.spread and timing.reference_ms):
+            return None
+        things = []
+        for request in yardstick_requests():
+            key = (request.item, window.target.batch)
+            if key not in _YARDSTICK_MODELS:
+                _YARDSTICK_MODELS[key] = window.exported(request, exporter.submit(request, window.folder, key[1]))
+            exported = _YARDSTICK_MODELS[key]
+            things.append(_Timed(request, exported.model, exported.export_s, exported.file_mb, keep=True))
+        return cls(things, timing.reference_ms)
+
+    def restart(self) -> float:
+        """A new window: forget the visits of the last one; the memory they hold (MB)."""
+        for thing in self.things:
+            thing.visits.clear()
+        return sum(thing.held_mb for thing in self.things)
+
+    def visit(self, window: _Window) -> None:
+        for thing in self.things:
+            window.visit(thing, 0.0)
+
+    def best_ms(self, quiet: float) -> list[float]:
+        return [min(map(_median_ms, thing.quiet(quiet) or [t for t, _, _ in thing.visits])) for thing in self.things]
+
+    def factor(self, quiet: float) -> float:
+        """How much slower than at the reference the host ran in this window (geometric mean)."""
+        logs = [math.log(ms / reference) for ms, reference in zip(self.best_ms(quiet), self.reference_ms)]
+        return math.exp(sum(logs) / len(logs))
+
+    def close(self) -> None:
+        for thing in self.things:
+            _Window.unload(thing)
 
 
 class _Exports:
@@ -290,23 +361,33 @@ def measure_window(target: LatencyTarget, timing: TimingSettings, requests: Sequ
         return
     with temporary_folder(limits.temp_dir) as folder, _exporter_for(target, exporter) as exports_by:
         window = _Window(target, timing, limits, folder, len(requests), progress)
-        exports, retry = _Exports(window, exports_by, requests), []
-        per_pass = math.ceil(limits.window / timing.visits)
+        yardsticks = _Yardsticks.open(window, exports_by)
+        try:
+            yield from _windows(window, _Exports(window, exports_by, requests), yardsticks)
+        finally:
+            if yardsticks:
+                yardsticks.close()
 
-        def between_passes() -> None:
-            exports.fill(min(limits.window, len(exports.ahead) + per_pass))
 
-        while exports or retry:
-            if exports:
-                things = exports.take(limits.window)
-            else:
-                things, retry = window.again(retry[:limits.window]), retry[limits.window:]
-            if exports_by.overlaps:
-                exports.fill(limits.window)
-            groups = [things] if timing.spread else [[thing] for thing in things]
-            for group in groups:
-                for thing in window.time(group, between_passes):
-                    if len(thing.quiet(timing.quiet)) < timing.visits and thing.attempt + 1 < timing.attempts:
-                        retry.append(thing)
-                    else:
-                        yield thing.request, window.entry(thing)
+def _windows(window: _Window, exports: _Exports, yardsticks: _Yardsticks | None) -> Iterator[tuple[Request, Entry]]:
+    """Time the exports window by window, then what is to be timed again."""
+    timing, limits, retry = window.timing, window.limits, []
+    per_pass = math.ceil(limits.window / timing.visits)
+
+    def between_passes() -> None:
+        exports.fill(min(limits.window, len(exports.ahead) + per_pass))
+
+    while exports or retry:
+        if exports:
+            things = exports.take(limits.window)
+        else:
+            things, retry = window.again(retry[:limits.window]), retry[limits.window:]
+        if exports.exporter.overlaps:
+            exports.fill(limits.window)
+        groups = [things] if timing.spread else [[thing] for thing in things]
+        for group in groups:
+            for thing in window.time(group, between_passes, yardsticks):
+                if len(thing.quiet(timing.quiet)) < timing.visits and thing.attempt + 1 < timing.attempts:
+                    retry.append(thing)
+                else:
+                    yield thing.request, window.entry(thing, yardsticks)
