@@ -213,9 +213,8 @@ class _Window:
         best = min(quiet if enough else [timings for timings, _, _ in thing.visits], key=_median_ms)
         stats = summarise([best], self.target.batch)
         request = thing.request
-        factor = yardsticks.factor(self.timing.quiet) if yardsticks else 1.0
-        details = {"stats": stats.to_dict(), "protocol": PROTOCOL, "raw_ms": stats.median_ms,
-                   "speed_factor": factor, "yardstick_ms": yardsticks.best_ms(self.timing.quiet) if yardsticks else [],
+        speed = yardsticks.details(self.timing.quiet) if yardsticks else {"speed_factor": 1.0}
+        details = {"stats": stats.to_dict(), "protocol": PROTOCOL, "raw_ms": stats.median_ms, **speed,
                    "visit_medians_ms": [_median_ms(t) for t, _, _ in thing.visits],
                    "visit_cpu_share": [share for _, share, _ in thing.visits],
                    "visit_at_s": [at for _, _, at in thing.visits], "contended": not enough,
@@ -224,7 +223,7 @@ class _Window:
                    "peak_held_mb": round(self.peak_held_mb, 3),
                    "runner": thing.settings, "scope": request.scope, "image_size": list(request.image_size),
                    "blocks": request.structure.to_dicts()}
-        return Entry(stats.median_ms / factor, thing.export_s, thing.seconds, details)
+        return Entry(stats.median_ms / speed["speed_factor"], thing.export_s, thing.seconds, details)
 
     def time(self, things: list[_Timed], between_passes: Callable[[], None],
              yardsticks: "_Yardsticks | None") -> Iterator[_Timed]:
@@ -243,9 +242,11 @@ class _Window:
                 if time.perf_counter() - regular_end > timing.patience:
                     break
             pass_start = time.perf_counter()
-            if yardsticks:
-                yardsticks.visit(self)
-            for thing in list(pending):
+            order = list(pending)
+            due = yardsticks.due(len(order)) if yardsticks else {}
+            for index, thing in enumerate(order):
+                for yardstick in due.get(index, ()):
+                    self.visit(yardstick, 0.0)
                 held = reserved + sum(t.held_mb for t in pending if t.keep and t.runner is not None and t is not thing)
                 self.visit(thing, held)
                 self.step(thing.request.item, planned=int(passes >= timing.visits))
@@ -293,9 +294,18 @@ class _Yardsticks:
             thing.visits.clear()
         return sum(thing.held_mb for thing in self.things)
 
-    def visit(self, window: _Window) -> None:
-        for thing in self.things:
-            window.visit(thing, 0.0)
+    def due(self, count: int) -> dict[int, list[_Timed]]:
+        """Where in a pass of `count` things each yardstick is visited: spread through it, away from
+        its start (which follows the exports between passes)."""
+        due: dict[int, list[_Timed]] = {}
+        for index, thing in enumerate(self.things):
+            due.setdefault((index + 1) * count // (len(self.things) + 1), []).append(thing)
+        return due
+
+    def details(self, quiet: float) -> dict[str, Any]:
+        """The window's speed factor and what it came from, for a cache entry."""
+        return {"speed_factor": self.factor(quiet), "yardstick_ms": self.best_ms(quiet),
+                "yardstick_visits_ms": [[_median_ms(timings) for timings, _, _ in thing.visits] for thing in self.things]}
 
     def best_ms(self, quiet: float) -> list[float]:
         return [min(map(_median_ms, thing.quiet(quiet) or [t for t, _, _ in thing.visits])) for thing in self.things]
@@ -351,7 +361,7 @@ def _exporter_for(target: LatencyTarget, exporter: Exporter | None) -> Iterator[
 def measure_window(target: LatencyTarget, timing: TimingSettings, requests: Sequence[Request],
                    limits: MeasureLimits | None = None, progress: Progress | None = None,
                    exporter: Exporter | None = None) -> Iterator[tuple[Request, Entry]]:
-    """Export and time `requests`, `limits.window` at a time, and yield (request, entry) as each
+    """Export and time `requests`, at most `limits.window` at a time (in equal windows), and yield (request, entry) as each
     is done. Things still short of quiet visits are timed again in a later window
     (`timing.attempts` in all) before they are yielded as contended. Touches no cache. Exports run
     in `exporter`'s child process (one for this call if not given)."""
@@ -369,21 +379,29 @@ def measure_window(target: LatencyTarget, timing: TimingSettings, requests: Sequ
                 yardsticks.close()
 
 
+def balanced(count: int, most: int) -> int:
+    """Window size for `count` things, at most `most`, the windows as equal as can be: a window of a
+    few things is timed in a few seconds, too short to tell a slow spell from the yardsticks."""
+    return math.ceil(count / math.ceil(count / most)) if count else most
+
+
 def _windows(window: _Window, exports: _Exports, yardsticks: _Yardsticks | None) -> Iterator[tuple[Request, Entry]]:
     """Time the exports window by window, then what is to be timed again."""
-    timing, limits, retry = window.timing, window.limits, []
-    per_pass = math.ceil(limits.window / timing.visits)
+    timing, retry = window.timing, []
+    size = balanced(len(exports.queue), window.limits.window)
+    per_pass = math.ceil(size / timing.visits)
 
     def between_passes() -> None:
-        exports.fill(min(limits.window, len(exports.ahead) + per_pass))
+        exports.fill(min(size, len(exports.ahead) + per_pass))
 
     while exports or retry:
         if exports:
-            things = exports.take(limits.window)
+            things = exports.take(size)
         else:
-            things, retry = window.again(retry[:limits.window]), retry[limits.window:]
+            count = balanced(len(retry), window.limits.window)
+            things, retry = window.again(retry[:count]), retry[count:]
         if exports.exporter.overlaps:
-            exports.fill(limits.window)
+            exports.fill(size)
         groups = [things] if timing.spread else [[thing] for thing in things]
         for group in groups:
             for thing in window.time(group, between_passes, yardsticks):
