@@ -62,7 +62,9 @@ def test_profile_command_on_the_farm_fills_the_cache_like_in_process(farm, monke
     expected = cache_keys(tmp_path / "local.sqlite")
     assert cache_keys(cache) == expected and len(expected) > 10
     summary = json.loads(out)
-    assert summary["device"] == next(iter(expected))[0] and summary["measurements"]["measured"] == len(expected)
+    measurements = summary["measurements"]
+    assert summary["device"] == next(iter(expected))[0] and measurements["reference"] == 2
+    assert measurements["measured"] + measurements["reference"] == len(expected)
     # Both devices measured, each thing once, and each cache row names its node.
     nodes = [json.loads(details)["farm_node"] for (details,) in sqlite3.connect(cache).execute(
         "SELECT details FROM latency")]

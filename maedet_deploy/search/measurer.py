@@ -111,6 +111,7 @@ def open_executor(farm: str | None = None, device: str | None = None,
 @dataclass
 class MeasureCounters:
     measured: int = 0
+    reference: int = 0           # the yardsticks' reference, measured into a new cache (see `window`)
     cached: int = 0
     contended: int = 0
     remeasured: int = 0          # contended cache entries measured again
@@ -124,9 +125,10 @@ class MeasureCounters:
     def seconds(self) -> float:
         return self.export_s + self.timing_s
 
-    def add(self, entry: Entry) -> None:
+    def add(self, entry: Entry, reference: bool = False) -> None:
         details = entry.details
-        self.measured += 1
+        self.reference += reference
+        self.measured += not reference
         self.contended += bool(details.get("contended"))
         self.export_s += entry.export_s
         self.timing_s += entry.measure_s
@@ -135,7 +137,7 @@ class MeasureCounters:
         self.peak_held_mb = max(self.peak_held_mb, details.get("peak_held_mb", 0.0))
 
     def to_dict(self) -> dict[str, float]:
-        return {"measured": self.measured, "cached": self.cached, "contended": self.contended,
+        return {"measured": self.measured, "reference": self.reference, "cached": self.cached, "contended": self.contended,
                 "remeasured": self.remeasured, "export_s": round(self.export_s, 3), "load_s": round(self.load_s, 3),
                 "timing_s": round(self.timing_s, 3), "seconds": round(self.seconds, 3),
                 "peak_temp_mb": round(self.peak_temp_mb, 1), "peak_held_mb": round(self.peak_held_mb, 1)}
@@ -202,6 +204,7 @@ class Measurer:
         if missing:
             for request, entry in self.executor.run(self.target, self.timing, self.limits, [missing], None):
                 self.cache.put(request.item, entry)
+                self.counters.add(entry, reference=True)
                 found[request.item] = entry
         return replace(self.timing, reference_ms=tuple(found[r.item].latency_ms for r in yardsticks))
 
