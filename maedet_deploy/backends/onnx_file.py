@@ -44,6 +44,16 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> Path:
     return Path(path)
 
 
+def weights_apart(model: onnx.ModelProto, folder: str | os.PathLike) -> onnx.ModelProto:
+    """A copy of `model` whose weights live in one file in `folder`: copying, serializing and
+    loading it then cost its graph, not its weights (every model saved into `folder` that keeps
+    these initializers reads them from that file), for work that builds many variants of a model."""
+    model = copy.deepcopy(model)
+    onnx.save_model(model, str(Path(folder) / "weights.onnx"), save_as_external_data=True,
+                    all_tensors_to_one_file=True, location="weights.bin", size_threshold=1024)
+    return model   # saving moved each large initializer's bytes to weights.bin and left a reference
+
+
 def graph_inputs(model: onnx.ModelProto) -> list[TensorSpec]:
     """The graph's real inputs as TensorSpecs (dynamic dims by name, or None); initializers that
     old exporters also list as inputs are left out."""
