@@ -40,7 +40,7 @@ def profile(
 ) -> None:
     """Measure what a latency search of this space needs, so searches start at once.
 
-    Measures the seed whole, then the seed and --profile-walks mutation walks from it, block by block (each block alone at its input size) and whole: what `search --latency-ms` with the same space, seed, image size and target fits its predictor on. Each thing is timed in short visits spread over its window of measurements, so a slow spell of a shared host cannot skew it; each measurement is in the cache as soon as it is done (keyed by the measuring device's fingerprint: this machine's, or the --farm fleet's). Entries already in the cache are reused.
+    Measures the seed whole, then the seed and --profile-walks mutation walks from it, block by block (each block alone at its input size) and whole: what `search --latency-ms` with the same space, seed, image size and target fits its predictor on. Each thing is timed in short visits spread over its window of measurements, beside two yardstick networks whose slowdown against their first measurement in the cache is divided out, so a slow spell of a shared host cannot skew it; each measurement is in the cache as soon as it is done (keyed by the measuring device's fingerprint: this machine's, or the --farm fleet's). Entries already in the cache are reused.
 
     Examples (here; on the orin-nx devices of a Ray farm):
 
