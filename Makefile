@@ -18,4 +18,4 @@ test: setup
 	$(BIN)/python -m pytest -q
 
 demo: setup
-	$(BIN)/maedet-deploy pipeline --speedup 1.5 --bench-seconds 2 --out runs/demo
+	$(BIN)/maedet-deploy pipeline --speedup 1.5 --profile-walks 8 --bench-seconds 2 --out runs/demo
