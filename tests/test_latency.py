@@ -20,6 +20,7 @@ from maedet_deploy.models import build_block
 from maedet_deploy.search import (Entry, LatencyCache, LatencyTarget, TimingSettings, block_item, network_item,
                                   open_measurer)
 from maedet_deploy.search.requests import yardstick_requests
+from maedet_deploy.search.window import balanced
 from maedet_deploy.search.predictor import FEATURES, block_features, build_predictor, nnls
 from maedet_deploy.search.session import LatencySession
 from maedet_deploy.search.verify import pareto_front
@@ -126,6 +127,11 @@ def test_measurer_exports_times_and_reuses(tmp_path):
     assert raw == (min(medians) if entry.details["contended"] else min(quiet))
     assert whole > measurer.networks([TINY], SIZE, "backbone")[0]   # neck and head cost time
     measurer.close()
+
+
+def test_windows_are_as_equal_as_the_limit_allows():
+    """A trailing window of a few things is timed in seconds, too short for its yardstick factor."""
+    assert [balanced(n, 48) for n in (0, 1, 48, 50, 96, 97)] == [48, 1, 48, 25, 48, 33]
 
 
 def test_windows_are_expressed_at_the_yardsticks_reference_speed(tmp_path):
