@@ -23,12 +23,12 @@ Slow spells that last minutes: a window's things are all timed inside them, so
 spreading visits cannot help, and measurements taken minutes apart disagree by
 the spell (on a 2-core VM, sessions a minute apart disagreed by 3% sd, up to
 9%, with 1.6% scatter within each). So on a CPU target every window also times
-two fixed yardstick networks (`requests.yardstick_requests`), first in each
-pass, and divides its latencies by the yardsticks' slowdown against their
+two fixed yardstick networks (`requests.yardstick_requests`), spread through
+each pass, and divides its latencies by the yardsticks' slowdown against their
 reference latencies on this device (the cache's first measurement of them):
 what a window measures is expressed at one reference speed, whenever it ran.
-On the same recording that cut the sessions' disagreement to 1.1% sd (pair
-MAPE 3.9% -> 2.3%). The raw number and the factor stay in each entry's details.
+On that recording, a window factor from two reference networks cut the
+sessions' disagreement to 1.1% sd (pair MAPE 3.9% -> 2.3%). The raw number and the factor stay in each entry's details.
 
 `measure_window` touches no cache and takes only plain values, so it runs in
 any process (the in-process measurer, or a worker of a device farm); each
@@ -227,7 +227,7 @@ class _Window:
 
     def time(self, things: list[_Timed], between_passes: Callable[[], None],
              yardsticks: "_Yardsticks | None") -> Iterator[_Timed]:
-        """Visit the yardsticks and then every thing once per pass; yield each thing as soon as it has
+        """Visit every thing, and the yardsticks among them, once per pass; yield each thing as soon as it has
         its quiet visits, and those still short of them when patience runs out. `between_passes`
         runs after every pass."""
         timing = self.timing
@@ -268,7 +268,7 @@ _YARDSTICK_MODELS: dict[tuple[str, int], Exported] = {}   # exported once per pr
 
 
 class _Yardsticks:
-    """The yardsticks of a measuring call, kept loaded: visited first in every pass of a window;
+    """The yardsticks of a measuring call, kept loaded: visited in every pass of a window (`due`);
     their fastest visits in the window against their reference latencies give its speed factor."""
 
     def __init__(self, things: list[_Timed], reference_ms: Sequence[float]) -> None:
