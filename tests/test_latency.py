@@ -141,7 +141,11 @@ def test_windows_are_expressed_at_the_yardsticks_reference_speed(tmp_path):
     measurer.networks([TINY], SIZE, "backbone")
     reference = measurer.cache.get_many(r.item for r in yardstick_requests())
     assert len(reference) == 2 and all(e.details["speed_factor"] == 1.0 for e in reference.values())
-    measurer.blocks(block_inputs(TINY, SIZE)[1:3])
+    measurer.blocks(block_inputs(TINY, SIZE)[1:3])   # a small call soon after: the same factor, reused
+    network, block = (measurer.cache.get(network_item(TINY, "backbone", SIZE)).details,
+                      measurer.cache.get(block_item(*block_inputs(TINY, SIZE)[1])).details)
+    assert "speed_reused_after_s" not in network and 0 <= block["speed_reused_after_s"] <= 30
+    assert block["speed_factor"] == network["speed_factor"]
     for item in (network_item(TINY, "backbone", SIZE), block_item(*block_inputs(TINY, SIZE)[1])):
         details = measurer.cache.get(item).details
         ratios = [ms / reference[r.item].latency_ms for ms, r in zip(details["yardstick_ms"], yardstick_requests())]

@@ -29,6 +29,8 @@ reference latencies on this device (the cache's first measurement of them):
 what a window measures is expressed at one reference speed, whenever it ran.
 On that recording, a window factor from two reference networks cut the
 sessions' disagreement to 1.1% sd (pair MAPE 3.9% -> 2.3%). The raw number and the factor stay in each entry's details.
+A call of a few things (a search's guard and verification) reuses the factor
+this process measured in the last 30 s instead of doubling its time.
 
 `measure_window` touches no cache and takes only plain values, so it runs in
 any process (the in-process measurer, or a worker of a device farm); each
@@ -203,7 +205,7 @@ class _Window:
         if share < timing.quiet:
             time.sleep(timing.backoff_s)
 
-    def entry(self, thing: _Timed, yardsticks: "_Yardsticks | None") -> Entry:
+    def entry(self, thing: _Timed, yardsticks: "_Yardsticks | _Reused | None") -> Entry:
         """The fastest quiet visit (the fastest of all when too few were quiet: contended), at the
         reference speed when yardsticks were timed beside it."""
         from ..bench.measure import summarise
@@ -226,7 +228,7 @@ class _Window:
         return Entry(stats.median_ms / speed["speed_factor"], thing.export_s, thing.seconds, details)
 
     def time(self, things: list[_Timed], between_passes: Callable[[], None],
-             yardsticks: "_Yardsticks | None") -> Iterator[_Timed]:
+             yardsticks: "_Yardsticks | _Reused | None") -> Iterator[_Timed]:
         """Visit every thing, and the yardsticks among them, once per pass; yield each thing as soon as it has
         its quiet visits, and those still short of them when patience runs out. `between_passes`
         runs after every pass."""
@@ -265,6 +267,9 @@ class _Window:
 
 
 _YARDSTICK_MODELS: dict[tuple[str, int], Exported] = {}   # exported once per process
+SMALL_CALL = 8      # a measuring call of fewer things may reuse a recent factor (see `_Reused`)
+REUSE_S = 30.0      # how recent: slow spells last minutes
+_LAST_SPEED: dict[tuple[float, ...], tuple[float, dict[str, Any]]] = {}   # reference -> (when, details)
 
 
 class _Yardsticks:
@@ -275,10 +280,15 @@ class _Yardsticks:
         self.things, self.reference_ms = things, tuple(reference_ms)
 
     @classmethod
-    def open(cls, window: _Window, exporter: Exporter) -> "_Yardsticks | None":
+    def open(cls, window: _Window, exporter: Exporter, count: int) -> "_Yardsticks | _Reused | None":
+        """The yardsticks for a call of `count` things: none without a reference or on a target timed
+        back to back; a small call reuses this process's factor of the last REUSE_S seconds."""
         timing = window.timing
         if not (timing.spread and timing.reference_ms):
             return None
+        when, details = _LAST_SPEED.get(timing.reference_ms, (-math.inf, {}))
+        if count < SMALL_CALL and time.monotonic() - when <= REUSE_S:
+            return _Reused(details, time.monotonic() - when)
         things = []
         for request in yardstick_requests():
             key = (request.item, window.target.batch)
@@ -303,9 +313,12 @@ class _Yardsticks:
         return due
 
     def details(self, quiet: float) -> dict[str, Any]:
-        """The window's speed factor and what it came from, for a cache entry."""
-        return {"speed_factor": self.factor(quiet), "yardstick_ms": self.best_ms(quiet),
-                "yardstick_visits_ms": [[_median_ms(timings) for timings, _, _ in thing.visits] for thing in self.things]}
+        """The window's speed factor and what it came from, for a cache entry (and for small calls
+        that follow soon, `_Reused`)."""
+        details = {"speed_factor": self.factor(quiet), "yardstick_ms": self.best_ms(quiet),
+                   "yardstick_visits_ms": [[_median_ms(t) for t, _, _ in thing.visits] for thing in self.things]}
+        _LAST_SPEED[self.reference_ms] = (time.monotonic(), details)
+        return details
 
     def best_ms(self, quiet: float) -> list[float]:
         return [min(map(_median_ms, thing.quiet(quiet) or [t for t, _, _ in thing.visits])) for thing in self.things]
@@ -318,6 +331,27 @@ class _Yardsticks:
     def close(self) -> None:
         for thing in self.things:
             _Window.unload(thing)
+
+
+class _Reused:
+    """A small call's speed factor: the one this process measured at most REUSE_S ago. A window of a
+    few things is timed in a second or two, the yardsticks would double it (a search's guard and
+    verification measure a few networks at a time), and a slow spell lasts minutes."""
+
+    def __init__(self, details: dict[str, Any], age_s: float) -> None:
+        self._details = {**details, "speed_reused_after_s": round(age_s, 2)}
+
+    def restart(self) -> float:
+        return 0.0
+
+    def due(self, count: int) -> dict[int, list[_Timed]]:
+        return {}
+
+    def details(self, quiet: float) -> dict[str, Any]:
+        return self._details
+
+    def close(self) -> None:
+        pass
 
 
 class _Exports:
@@ -371,7 +405,7 @@ def measure_window(target: LatencyTarget, timing: TimingSettings, requests: Sequ
         return
     with temporary_folder(limits.temp_dir) as folder, _exporter_for(target, exporter) as exports_by:
         window = _Window(target, timing, limits, folder, len(requests), progress)
-        yardsticks = _Yardsticks.open(window, exports_by)
+        yardsticks = _Yardsticks.open(window, exports_by, len(requests))
         try:
             yield from _windows(window, _Exports(window, exports_by, requests), yardsticks)
         finally:
@@ -385,7 +419,7 @@ def balanced(count: int, most: int) -> int:
     return math.ceil(count / math.ceil(count / most)) if count else most
 
 
-def _windows(window: _Window, exports: _Exports, yardsticks: _Yardsticks | None) -> Iterator[tuple[Request, Entry]]:
+def _windows(window: _Window, exports: _Exports, yardsticks: _Yardsticks | _Reused | None) -> Iterator[tuple[Request, Entry]]:
     """Time the exports window by window, then what is to be timed again."""
     timing, retry = window.timing, []
     size = balanced(len(exports.queue), window.limits.window)
