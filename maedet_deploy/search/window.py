@@ -29,8 +29,9 @@ reference latencies on this device (the cache's first measurement of them):
 what a window measures is expressed at one reference speed, whenever it ran.
 On that recording, a window factor from two reference networks cut the
 sessions' disagreement to 1.1% sd (pair MAPE 3.9% -> 2.3%). The raw number and the factor stay in each entry's details.
-A call of a few things (a search's guard and verification) reuses the factor
-this process measured in the last 30 s instead of doubling its time.
+A yardstick stays loaded and warm through the call and its visits take half a
+round; a call of a few things (a search's guard and verification) reuses the
+factor this process measured in the last 30 s instead of doubling its time.
 
 `measure_window` touches no cache and takes only plain values, so it runs in
 any process (the in-process measurer, or a worker of a device farm); each
@@ -77,6 +78,7 @@ class _Timed:
     export_s: float
     file_mb: float
     keep: bool = False            # stays loaded between visits
+    keep_warm: bool = False       # loaded and warmed up for the whole call (a yardstick)
     runner: Any = None
     feed: dict | None = None
     settings: dict = field(default_factory=dict)
@@ -183,18 +185,18 @@ class _Window:
             thing.runner = thing.feed = None
             trim_heap()
 
-    def visit(self, thing: _Timed, held_mb: float) -> None:
+    def visit(self, thing: _Timed, held_mb: float, round_s: float | None = None) -> None:
         from ..bench.measure import time_loop
 
         timing = self.timing
         begin = time.perf_counter()
-        first = not thing.visits
+        first = not thing.visits and not thing.keep_warm
         if thing.runner is None:
             self.load(thing)
         self.peak_held_mb = max(self.peak_held_mb, held_mb + (0.0 if thing.keep else thing.held_mb))
         cpu = time.process_time()
         raw = time_loop(thing.runner, thing.feed, warmup=timing.warmup_s if first else 0.0, warmup_iterations=1,
-                        duration=timing.round_s, min_iterations=timing.min_iterations)
+                        duration=round_s or timing.round_s, min_iterations=timing.min_iterations)
         # CPU share per thread over the timed loop and warm-up (a GPU backend has none to judge).
         seconds = (raw.wall_ns + raw.warmup_ns) / 1e9
         share = (time.process_time() - cpu) / seconds / self.threads if self.threads else 1.0
@@ -248,7 +250,8 @@ class _Window:
             due = yardsticks.due(len(order)) if yardsticks else {}
             for index, thing in enumerate(order):
                 for yardstick in due.get(index, ()):
-                    self.visit(yardstick, 0.0)
+                    self.visit(yardstick, 0.0, timing.round_s / 2)
+                    yardstick.keep_warm = True
                 held = reserved + sum(t.held_mb for t in pending if t.keep and t.runner is not None and t is not thing)
                 self.visit(thing, held)
                 self.step(thing.request.item, planned=int(passes >= timing.visits))
