@@ -305,7 +305,7 @@ def test_tiny_latency_search_winner_measures_within_budget_and_warm_cache_repeat
     measurer.close()
     budget = f"{2 * seed_ms:.4f}"
     args = ["search", "--latency-ms", budget, "--init", tiny_file, *CLI_LATENCY, "--latency-cache", cache,
-            "--iterations", "1280", "--population", "8", "--latency-check-every", "4", "--verify-top", "3"]
+            "--iterations", "1280", "--population", "8", "--latency-check-every", "2", "--verify-top", "3"]
     first = cli(*args, "--out", tmp_path / "a")
     assert first.returncode == 0, first.stdout + first.stderr
     report = json.loads((tmp_path / "a" / "report.json").read_text())["latency"]

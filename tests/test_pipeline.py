@@ -189,7 +189,7 @@ def _sample_image(index: int) -> Path:
 # ---- real processes: SIGKILL at random moments, and two runs on one output folder -------------------------
 
 FORKSERVER = Path(__file__).with_name("forkserver.py")
-KILLS = 7
+KILLS = 6
 DETERMINISTIC = ("search/best_structure.json", "search/best_structure.txt", "search/top_k.json",
                  "export/detector.onnx", "export/baseline.onnx", "calibrate/detector.int8.onnx",
                  "bench/model0.network.onnx", "bench/model1.network.onnx", "bench/model2.network.onnx")
