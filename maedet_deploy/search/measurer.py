@@ -137,8 +137,9 @@ class MeasureCounters:
         self.peak_held_mb = max(self.peak_held_mb, details.get("peak_held_mb", 0.0))
 
     def to_dict(self) -> dict[str, float]:
-        return {"measured": self.measured, "reference": self.reference, "cached": self.cached, "contended": self.contended,
-                "remeasured": self.remeasured, "export_s": round(self.export_s, 3), "load_s": round(self.load_s, 3),
+        return {"measured": self.measured, "reference": self.reference, "cached": self.cached,
+                "contended": self.contended, "remeasured": self.remeasured,
+                "export_s": round(self.export_s, 3), "load_s": round(self.load_s, 3),
                 "timing_s": round(self.timing_s, 3), "seconds": round(self.seconds, 3),
                 "peak_temp_mb": round(self.peak_temp_mb, 1), "peak_held_mb": round(self.peak_held_mb, 1)}
 

@@ -28,7 +28,8 @@ each pass, and divides its latencies by the yardsticks' slowdown against their
 reference latencies on this device (the cache's first measurement of them):
 what a window measures is expressed at one reference speed, whenever it ran.
 On that recording, a window factor from two reference networks cut the
-sessions' disagreement to 1.1% sd (pair MAPE 3.9% -> 2.3%). The raw number and the factor stay in each entry's details.
+sessions' disagreement to 1.1% sd (pair MAPE 3.9% -> 2.3%). The raw number and
+the factor stay in each entry's details.
 A yardstick stays loaded and warm through the call and its visits take half a
 round; a call of a few things (a search's guard and verification) reuses the
 factor this process measured in the last 30 s instead of doubling its time.
@@ -231,9 +232,9 @@ class _Window:
 
     def time(self, things: list[_Timed], between_passes: Callable[[], None],
              yardsticks: "_Yardsticks | _Reused | None") -> Iterator[_Timed]:
-        """Visit every thing, and the yardsticks among them, once per pass; yield each thing as soon as it has
-        its quiet visits, and those still short of them when patience runs out. `between_passes`
-        runs after every pass."""
+        """Visit every thing, and the yardsticks among them, once per pass; yield each thing as soon
+        as it has its quiet visits, and those still short of them when patience runs out.
+        `between_passes` runs after every pass."""
         timing = self.timing
         reserved = yardsticks.restart() if yardsticks else 0.0
         self.plan_memory(things, reserved)
@@ -251,7 +252,6 @@ class _Window:
             for index, thing in enumerate(order):
                 for yardstick in due.get(index, ()):
                     self.visit(yardstick, 0.0, timing.round_s / 2)
-                    yardstick.keep_warm = True
                 held = reserved + sum(t.held_mb for t in pending if t.keep and t.runner is not None and t is not thing)
                 self.visit(thing, held)
                 self.step(thing.request.item, planned=int(passes >= timing.visits))
@@ -302,8 +302,10 @@ class _Yardsticks:
         return cls(things, timing.reference_ms)
 
     def restart(self) -> float:
-        """A new window: forget the visits of the last one; the memory they hold (MB)."""
+        """A new window: forget the visits of the last one (a yardstick visited before is loaded and
+        warm); the memory they hold (MB)."""
         for thing in self.things:
+            thing.keep_warm |= bool(thing.visits)
             thing.visits.clear()
         return sum(thing.held_mb for thing in self.things)
 
@@ -318,7 +320,8 @@ class _Yardsticks:
     def details(self, quiet: float) -> dict[str, Any]:
         """The window's speed factor and what it came from, for a cache entry (and for small calls
         that follow soon, `_Reused`)."""
-        details = {"speed_factor": self.factor(quiet), "yardstick_ms": self.best_ms(quiet),
+        best = self.best_ms(quiet)
+        details = {"speed_factor": self.factor(best), "yardstick_ms": best,
                    "yardstick_visits_ms": [[_median_ms(t) for t, _, _ in thing.visits] for thing in self.things]}
         _LAST_SPEED[self.reference_ms] = (time.monotonic(), details)
         return details
@@ -326,9 +329,10 @@ class _Yardsticks:
     def best_ms(self, quiet: float) -> list[float]:
         return [min(map(_median_ms, thing.quiet(quiet) or [t for t, _, _ in thing.visits])) for thing in self.things]
 
-    def factor(self, quiet: float) -> float:
-        """How much slower than at the reference the host ran in this window (geometric mean)."""
-        logs = [math.log(ms / reference) for ms, reference in zip(self.best_ms(quiet), self.reference_ms)]
+    def factor(self, best_ms: Sequence[float]) -> float:
+        """How much slower than at the reference the host ran in this window (geometric mean), from
+        the yardsticks' best visits in it."""
+        logs = [math.log(ms / reference) for ms, reference in zip(best_ms, self.reference_ms)]
         return math.exp(sum(logs) / len(logs))
 
     def close(self) -> None:
@@ -398,8 +402,8 @@ def _exporter_for(target: LatencyTarget, exporter: Exporter | None) -> Iterator[
 def measure_window(target: LatencyTarget, timing: TimingSettings, requests: Sequence[Request],
                    limits: MeasureLimits | None = None, progress: Progress | None = None,
                    exporter: Exporter | None = None) -> Iterator[tuple[Request, Entry]]:
-    """Export and time `requests`, at most `limits.window` at a time (in equal windows), and yield (request, entry) as each
-    is done. Things still short of quiet visits are timed again in a later window
+    """Export and time `requests`, at most `limits.window` at a time (in equal windows), and yield
+    (request, entry) as each is done. Things still short of quiet visits are timed again in a later window
     (`timing.attempts` in all) before they are yielded as contended. Touches no cache. Exports run
     in `exporter`'s child process (one for this call if not given)."""
     limits = limits or MeasureLimits()
@@ -422,7 +426,8 @@ def balanced(count: int, most: int) -> int:
     return math.ceil(count / math.ceil(count / most)) if count else most
 
 
-def _windows(window: _Window, exports: _Exports, yardsticks: _Yardsticks | _Reused | None) -> Iterator[tuple[Request, Entry]]:
+def _windows(window: _Window, exports: _Exports,
+             yardsticks: _Yardsticks | _Reused | None) -> Iterator[tuple[Request, Entry]]:
     """Time the exports window by window, then what is to be timed again."""
     timing, retry = window.timing, []
     size = balanced(len(exports.queue), window.limits.window)
