@@ -21,10 +21,10 @@ from maedet_deploy.search import (Entry, LatencyCache, LatencyTarget, TimingSett
                                   open_measurer)
 from maedet_deploy.search.requests import yardstick_requests
 from maedet_deploy.search.window import balanced
-from maedet_deploy.search.predictor import FEATURES, block_features, build_predictor, nnls
+from maedet_deploy.search.predictor import FEATURES, block_features, build_predictor, computed_as, nnls
 from maedet_deploy.search.session import LatencySession
 from maedet_deploy.search.verify import pareto_front
-from maedet_deploy.structure import K1DWK1, K1KXK1, KXKX, Block, Structure, load_structure
+from maedet_deploy.structure import K1DWK1, K1KXK1, KXKX, STEM, Block, Structure, load_structure
 from maedet_deploy.structure.cost import block_inputs
 
 SIZE = (64, 64)
@@ -230,6 +230,26 @@ def test_block_features_count_the_convs_models_build(kind):
         assert features[FEATURES.index("ops")] >= len(macs)
     one, two, three = (block_features(Block(kind, 16, 32, 2, 3, d, 24), 20, 20) for d in (1, 2, 3))
     assert np.allclose(three - two, two - one)
+
+
+@pytest.mark.parametrize("step", [1, 16])
+def test_the_predictor_learns_the_channel_step_the_device_computes_in(step):
+    """Latencies that follow channels rounded up to 16 (ONNX Runtime's NCHWc blocks on AVX-512) are
+    fitted at step 16, and a block never measured is then predicted exactly; plain ones at step 1."""
+    rng = np.random.default_rng(step)
+    def block() -> Block:
+        cin, cout, btn = (8 * int(v) for v in rng.integers(2, 40, 3))
+        return Block(K1KXK1, cin, cout, int(rng.choice([1, 2])), int(rng.choice([3, 5])), int(rng.integers(1, 4)), btn)
+    coef = rng.uniform(0.001, 0.01, len(FEATURES))
+    def latency(b: Block, size: int) -> float:
+        return float(block_features(b, size, size, channel_step=step) @ coef)
+    placed = [(block(), int(size)) for size in rng.choice([14, 28, 56], 40)]
+    predictor = build_predictor(SIZE, "backbone", 1, [(b, s, s, latency(b, s)) for b, s in placed], [])
+    assert predictor.channel_step == step and predictor.to_dict()["channel_step"] == step
+    unseen = block()
+    assert predictor.block_ms(unseen, 28, 28) == pytest.approx(latency(unseen, 28), rel=1e-6)
+    stem = Block(STEM, 3, 20, 2, 3)
+    assert (computed_as(stem, 16).cin, computed_as(stem, 16).cout) == (3, 32)
 
 
 def test_correction_is_fitted_and_measured_networks_are_exact():

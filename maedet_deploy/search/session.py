@@ -97,7 +97,7 @@ class LatencySession:
             self.base = build_predictor(self.image_size, self.scope, batch, samples, [])
         else:
             self.base = adapt_predictor(self.prior_predictor(), samples)
-        self.block_errors = cross_validated_errors(samples, batch)
+        self.block_errors = cross_validated_errors(samples, batch, channel_step=self.base.channel_step)
         self.fit_s += time.perf_counter() - start
         return self.predictor()
 
