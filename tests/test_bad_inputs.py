@@ -104,6 +104,8 @@ CASES = [
     ("search-init-nested", ["search", "--out", "s", "--layers", "91", "--init", "{in}/deep.json"], "nested"),
     ("search-size-0", ["search", "--out", "s", "--layers", "91", "--image-size", "0"], "--image-size"),
     ("profile-size-0", ["profile", "--image-size", "0"], "--image-size"),
+    ("profile-round-0", ["profile", "--round-s", "0"], "--round-s: must be > 0"),
+    ("search-round-1e3", ["search", "--out", "s", "--latency-ms", "5", "--round-s", "1000"], "--round-s"),
     ("export-out-1e12", ["export", "{in}/huge_out.json", "--out", "x.onnx"], "over the limit"),
     ("export-flops-cap", ["export", "maedet-s", "--image-size", "200000", "--out", "x.onnx"], "the limit is"),
     ("export-memory", ["export", "maedet-s", "--image-size", "30000", "--out", "x.onnx"], "of memory"),

@@ -56,7 +56,8 @@ def test_profile_command_on_the_farm_fills_the_cache_like_in_process(farm, monke
     cache = tmp_path / "farm.sqlite"
     code, out, err = run_cli(monkeypatch, capsys, "profile", "--init", str(tiny_file), "--image-size", str(SIZE[0]),
                              "--threads", "1",
-                             "--quiet-wait", "0", "--profile-walks", "1", "--latency-cache", str(cache),
+                             "--quiet-wait", "0", "--round-s", "0.03", "--profile-walks", "1", "--latency-cache",
+                             str(cache),
                              "--farm", farm.address, "--device", DEVICE, "--json")
     assert code == 0, err
     expected = cache_keys(tmp_path / "local.sqlite")

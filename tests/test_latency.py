@@ -31,7 +31,9 @@ SIZE = (64, 64)
 FAST = TimingSettings(visits=2, round_s=0.01, min_iterations=3, patience=0.0)
 TARGET = LatencyTarget(threads=1)
 # Small plan, no waiting for a quiet machine: fast, and the same plan in the library and the CLI.
-CLI_LATENCY = ["--image-size", "64", "--threads", "1", "--quiet-wait", "0", "--profile-walks", "2"]
+ROUND_S = 0.03   # short visits: the tiny nets run thousands of calls in them
+CLI_LATENCY = ["--image-size", "64", "--threads", "1", "--quiet-wait", "0", "--profile-walks", "2",
+               "--round-s", str(ROUND_S)]
 
 
 # ---- the cache -------------------------------------------------------------------------------------
@@ -321,7 +323,7 @@ def test_unreachable_backend_is_one_line(tmp_path, tiny_file):
 
 def test_tiny_latency_search_winner_measures_within_budget_and_warm_cache_repeats(tmp_path, tiny_file):
     cache = tmp_path / "c.sqlite"
-    measurer = open_measurer(TARGET, str(cache), TimingSettings(patience=0.0))
+    measurer = open_measurer(TARGET, str(cache), TimingSettings(patience=0.0, round_s=ROUND_S))
     seed_ms = measurer.networks([TINY], SIZE, "backbone")[0]
     measurer.close()
     budget = f"{2 * seed_ms:.4f}"
@@ -331,8 +333,10 @@ def test_tiny_latency_search_winner_measures_within_budget_and_warm_cache_repeat
     assert first.returncode == 0, first.stdout + first.stderr
     report = json.loads((tmp_path / "a" / "report.json").read_text())["latency"]
     winner = load_structure(tmp_path / "a" / "best_structure.json")
-    measured = LatencyCache(cache, report["device"]["fingerprint_id"], {}, TARGET.cache_key()).get(
-        network_item(winner, "backbone", SIZE)).latency_ms
+    entry = LatencyCache(cache, report["device"]["fingerprint_id"], {}, TARGET.cache_key()).get(
+        network_item(winner, "backbone", SIZE))
+    measured = entry.latency_ms
+    assert ROUND_S <= entry.details["stats"]["wall_s"] < 2 * ROUND_S   # --round-s reached the timing loop
     assert measured == report["winner"]["measured_ms"] <= float(budget)
     assert report["guard"]["checks"] >= 1 and report["measurements"]["measured"] > 0
     assert set(report["time_s"]) >= {"scoring", "predicting", "measuring", "profile"}

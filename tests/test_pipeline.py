@@ -36,7 +36,7 @@ SIZE = 64
 
 TINY_OPTIONS = dict(latency_ms=None, speedup=0.5, image_size=SIZE, backend="onnxruntime", iterations=256,
                     population=8, num_classes=4, num_images=4, holdout=3, bench_seconds=0.2, threads=1,
-                    quiet_wait=0.0, profile_walks=2, latency_check_every=4,
+                    quiet_wait=0.0, round_s=0.03, profile_walks=2, latency_check_every=4,
                     float_macs=0.0)   # no sensitivity ranking: the crash test runs 20 pipelines
 
 
@@ -107,6 +107,7 @@ def test_tiny_pipeline_report_matches_its_stages_and_resumes(workspace):
     assert "![Pareto front](search/pareto.png)" in report
     assert "maedet-deploy pipeline --speedup 0.5 --image-size 64 --backend onnxruntime" in report
     assert f"maedet-deploy search --latency-ms {budget:g} --latency-scope detector" in report
+    assert report.count("--quiet-wait 0.0 --round-s 0.03") == 2   # the pipeline and its search stage
     assert "<table>" in (out / "report.html").read_text()
 
     # Run again: every stage is reused. A new bench setting redoes the bench only.

@@ -90,6 +90,9 @@ LatencyThreadsOption = Annotated[Optional[int], typer.Option(
 QuietWaitOption = Annotated[float, typer.Option(
     help="Extra seconds a batch of measurements spends on visits in which no other program takes CPU time, "
          "for the things still short of them (0: never wait).")]
+RoundOption = Annotated[float, typer.Option(
+    help="Seconds each visit times a thing for (at least 3 calls; 5 visits, the lowest median kept). Shorter "
+         "rounds measure faster and noisier.")]
 VerifyTopOption = Annotated[int, typer.Option(
     help="Best candidates measured whole at the end of the search; the winner is the best-scoring one within the "
          "budget.")]

@@ -11,7 +11,8 @@ from ..calib import CALIBRATION_METHODS, DEFAULT_METHOD
 from ..errors import MaedetError
 from ..pipeline import PipelineSettings, run_pipeline
 from .common import (DeviceOption, FarmOption, LatencyCacheOption, LatencyCheckEveryOption, LatencyThreadsOption,
-                     QuietWaitOption, VerifyTopOption, WalksOption, console, format_image_size, parse_image_size)
+                     QuietWaitOption, RoundOption, VerifyTopOption, WalksOption, console, format_image_size,
+                     parse_image_size)
 from .search_cmd import run_with_progress
 
 if TYPE_CHECKING:
@@ -55,6 +56,7 @@ def pipeline(
     latency_cache: LatencyCacheOption = None,
     threads: LatencyThreadsOption = None,
     quiet_wait: QuietWaitOption = 10.0,
+    round_s: RoundOption = PipelineSettings.round_s,
     verify_top: VerifyTopOption = 3,
     latency_check_every: LatencyCheckEveryOption = 40,
     profile_walks: WalksOption = PipelineSettings.profile_walks,
@@ -76,7 +78,8 @@ def pipeline(
         backend=backend, scope=scope, layers=layers, iterations=iterations, population=population, seed=seed,
         init=init, baseline=baseline, num_classes=num_classes, images=images, method=method, num_images=num_images,
         holdout=holdout, float_macs=float_macs, bench_seconds=bench_seconds, latency_cache=latency_cache,
-        threads=threads, quiet_wait=quiet_wait, verify_top=verify_top, latency_check_every=latency_check_every,
+        threads=threads, quiet_wait=quiet_wait, round_s=round_s, verify_top=verify_top,
+        latency_check_every=latency_check_every,
         profile_walks=profile_walks, farm=farm, device=device)
     result = run_pipeline(settings, log=lambda line: console.print(f"[bold]stage[/] {line}", highlight=False),
                           search_runner=run_with_progress, reproduce=reproduce_commands)
@@ -107,8 +110,8 @@ def reproduce_commands(plan: "Plan", budget: "Budget") -> list[str]:
     """The pipeline command, then the same run as separate commands (stage by stage)."""
     settings, backend = plan.settings, plan.backend
     out, size = Path(settings.out), format_image_size(settings.size)
-    tuning = ("threads", "quiet_wait", "latency_cache", "verify_top", "latency_check_every", "profile_walks", "farm",
-              "device")
+    tuning = ("threads", "quiet_wait", "round_s", "latency_cache", "verify_top", "latency_check_every", "profile_walks",
+              "farm", "device")
     search_flags = (f" --layers {settings.layers}" if settings.layers else "") + _flags(
         settings, ("iterations", "population", "seed", "init", "batch", *tuning))
     export = f"--image-size {size} --num-classes {settings.num_classes} --batch {settings.batch}"

@@ -12,8 +12,8 @@ from ..search import (SPACES, LatencySettings, LatencyTarget, MeasureLimits, Pro
                       open_executor, profile_latency)
 from ..structure.cost import as_hw
 from ..zoo import resolve_structure
-from .common import (DeviceOption, FarmOption, LatencyCacheOption, LatencyThreadsOption, QuietWaitOption, WalksOption,
-                     console, parse_image_size, print_json)
+from .common import (DeviceOption, FarmOption, LatencyCacheOption, LatencyThreadsOption, QuietWaitOption, RoundOption,
+                     WalksOption, console, parse_image_size, print_json)
 from .search_cmd import (BackendOption, BatchOption, DiskOption, InitOption, MaxChannelsOption, MemoryOption,
                          PrecisionOption, PriorOption, ScopeOption)
 
@@ -30,6 +30,7 @@ def profile(
     max_channels: MaxChannelsOption = 2048,
     profile_walks: WalksOption = LatencySettings.profile_walks,
     quiet_wait: QuietWaitOption = 10.0,
+    round_s: RoundOption = TimingSettings.round_s,
     latency_cache: LatencyCacheOption = None,
     measure_memory_mb: MemoryOption = MeasureLimits.memory_mb,
     measure_disk_mb: DiskOption = MeasureLimits.disk_mb,
@@ -50,6 +51,8 @@ def profile(
     settings = LatencySettings(float("inf"), LatencyTarget(backend, precision, batch, threads), latency_scope,
                                latency_cache=latency_cache, profile_walks=profile_walks,
                                latency_prior=latency_prior)
+    timing = TimingSettings.for_backend(backend, patience=quiet_wait, round_s=round_s)
+    limits = MeasureLimits(memory_mb=measure_memory_mb, disk_mb=measure_disk_mb)
     with Progress(TextColumn("[bold]profile"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
                   TimeElapsedColumn(), console=console, transient=False, disable=json_output) as progress:
         task = progress.add_task("profile", total=None, info="")
@@ -59,9 +62,7 @@ def profile(
 
         with open_executor(farm, device, progress.console.print) as executor:
             outcome = profile_latency(settings, as_hw(parse_image_size(image_size)), space, resolve_structure(init),
-                                      max_channels, TimingSettings.for_backend(backend, patience=quiet_wait),
-                                      MeasureLimits(memory_mb=measure_memory_mb, disk_mb=measure_disk_mb), executor,
-                                      progress=advance)
+                                      max_channels, timing, limits, executor, progress=advance)
     if json_output:
         print_json(summary(outcome, settings, space))
     else:

@@ -18,7 +18,7 @@ from ..zoo import resolve_structure
 from ..errors import MaedetError
 from ..outlock import output_lock
 from .common import (DeviceOption, FarmOption, LatencyCacheOption, LatencyCheckEveryOption, LatencyThreadsOption,
-                     QuietWaitOption, VerifyTopOption, WalksOption, console, human, parse_image_size)
+                     QuietWaitOption, RoundOption, VerifyTopOption, WalksOption, console, human, parse_image_size)
 
 ALPHA_TEXT = ",".join(f"{a:g}" for a in DEFAULT_ALPHA)
 
@@ -69,6 +69,7 @@ def search(
     latency_check_every: LatencyCheckEveryOption = LatencySettings.latency_check_every,
     latency_cache: LatencyCacheOption = None,
     quiet_wait: QuietWaitOption = 10.0,
+    round_s: RoundOption = TimingSettings.round_s,
     profile_walks: WalksOption = LatencySettings.profile_walks,
     measure_memory_mb: MemoryOption = MeasureLimits.memory_mb,
     measure_disk_mb: DiskOption = MeasureLimits.disk_mb,
@@ -93,8 +94,8 @@ def search(
         latency_ms, LatencyTarget(backend, precision, batch, threads), latency_scope, verify_top, latency_check_every,
         latency_cache=latency_cache, profile_walks=profile_walks, latency_prior=latency_prior)
     job = SearchJob(out, settings, resolve_structure(init), cost_budgets(flops=flops, params=params, layers=layers),
-                    latency, TimingSettings.for_backend(backend, patience=quiet_wait), workers, checkpoint_every,
-                    resume, top_k, MeasureLimits(memory_mb=measure_memory_mb, disk_mb=measure_disk_mb),
+                    latency, TimingSettings.for_backend(backend, patience=quiet_wait, round_s=round_s), workers,
+                    checkpoint_every, resume, top_k, MeasureLimits(memory_mb=measure_memory_mb, disk_mb=measure_disk_mb),
                     existing_checkpoint="refuse")
     run_and_report(job, farm, device)
 

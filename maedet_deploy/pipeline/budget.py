@@ -40,6 +40,13 @@ def resolve_budget(plan: Plan, executor: Executor) -> Budget:
     return Budget(round(baseline_ms / settings.speedup, 3), "speedup", settings.speedup, baseline_ms)
 
 
+def latency_timing(plan: Plan):
+    """How candidates and the baseline are timed."""
+    from ..search import TimingSettings
+
+    return TimingSettings.for_backend(plan.backend, patience=plan.settings.quiet_wait, round_s=plan.settings.round_s)
+
+
 def latency_target(plan: Plan):
     """Where candidates and the baseline are timed (a cache key of the search's measurer)."""
     from ..search import LatencyTarget
@@ -49,11 +56,10 @@ def latency_target(plan: Plan):
 
 def measure_baseline(plan: Plan, executor: Executor) -> float:
     """The baseline detector's latency, measured as the search measures candidates."""
-    from ..search import TimingSettings, open_measurer
+    from ..search import open_measurer
 
     settings = plan.settings
-    measurer = open_measurer(latency_target(plan), settings.latency_cache,
-                             TimingSettings.for_backend(plan.backend, patience=settings.quiet_wait), executor=executor)
+    measurer = open_measurer(latency_target(plan), settings.latency_cache, latency_timing(plan), executor=executor)
     try:
         return measurer.networks([plan.baseline], settings.size, settings.scope)[0]
     finally:

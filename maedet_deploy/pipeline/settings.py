@@ -23,7 +23,7 @@ _RANGES: dict[str, tuple[float | None, float | None]] = {
     "iterations": (1, None), "population": (1, None), "seed": (0, 2**63 - 1), "num_classes": (1, Limits().channels),
     "num_images": (1, None), "holdout": (0, None), "float_macs": (0, 0.99), "bench_seconds": (1e-3, 86_400),
     "verify_top": (1, None),
-    "threads": (1, 4096), "quiet_wait": (0, 86_400), "profile_walks": (1, None),
+    "threads": (1, 4096), "quiet_wait": (0, 86_400), "round_s": (1e-3, 60), "profile_walks": (1, None),
     "latency_check_every": (1, None),
 }
 
@@ -57,6 +57,7 @@ class PipelineSettings:
     verify_top: int = 3
     threads: int | None = None
     quiet_wait: float = 10.0
+    round_s: float = 0.1         # seconds each visit times a thing for
     profile_walks: int = 12
     latency_check_every: int = 40
     farm: str | None = None      # a Ray farm's address: measure there, on its `device` kind

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from ..atomic import write_bytes
 from ..errors import MaedetError
-from .budget import Budget, latency_target
+from .budget import Budget, latency_target, latency_timing
 from .results import BenchSummary, CalibrationResult, ExportResult, SearchResult
 from .settings import Plan, PipelineSettings
 from .stages import StageResult
@@ -26,7 +26,7 @@ PART_SEPARATOR = ": "  # bench rows are "<model>: network" and "<model>: end to 
 def search(plan: Plan, budget: Budget, directory: Path, runner: Callable, executor: Executor) -> dict[str, Any]:
     """The latency-budgeted search, measured by `executor`; `runner(job)` runs it (with or without
     progress display)."""
-    from ..search import LatencySettings, SearchJob, SearchSettings, TimingSettings, cost_budgets
+    from ..search import LatencySettings, SearchJob, SearchSettings, cost_budgets
 
     settings = plan.settings
     latency = LatencySettings(budget.latency_ms, latency_target(plan), settings.scope, settings.verify_top,
@@ -35,7 +35,7 @@ def search(plan: Plan, budget: Budget, directory: Path, runner: Callable, execut
     job = SearchJob(directory, SearchSettings(image_size=settings.size, iterations=settings.iterations,
                                               population=settings.population, seed=settings.seed),
                     plan.init, cost_budgets(layers=settings.layers or None), latency,
-                    timing=TimingSettings.for_backend(plan.backend, patience=settings.quiet_wait), executor=executor)
+                    timing=latency_timing(plan), executor=executor)
     outcome = runner(job)
     if not outcome.found:
         closest = outcome.verification.closest()

@@ -99,8 +99,10 @@ class TimingSettings:
     reference_ms: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
-        if self.visits < 1 or self.round_s <= 0 or self.min_iterations < 1 or self.retries < 0:
-            raise MaedetError("timing needs >= 1 visit, a positive round, >= 1 iteration per round and >= 0 retries")
+        if self.visits < 1 or self.min_iterations < 1 or self.retries < 0:
+            raise MaedetError("timing needs >= 1 visit, >= 1 iteration per round and >= 0 retries")
+        if not 0 < self.round_s <= 60:
+            raise MaedetError(f"must be > 0 and <= 60 seconds, got {self.round_s:g}", setting="round_s")
         if self.patience < 0:
             raise MaedetError(f"must be >= 0 seconds, got {self.patience:g}", setting="quiet_wait")
 
