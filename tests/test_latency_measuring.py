@@ -145,7 +145,7 @@ def test_killed_profile_leaves_no_temporary_files_and_loses_no_finished_measurem
 
 def test_contended_measurements_are_measured_again_later(tmp_path):
     cache = str(tmp_path / "c.sqlite")
-    never_quiet = replace(STEADY, quiet=1e9, patience=0.01)
+    never_quiet = replace(STEADY, quiet=1e9, patience=0.01, backoff_s=0.01)   # no real wait between visits
     busy = open_measurer(TARGET, cache, never_quiet, MeasureLimits(window=1))
     busy.measure(REQUESTS[:2])
     busy.close()
