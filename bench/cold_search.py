@@ -136,7 +136,8 @@ def main() -> None:
             "peak_tree_pss_mb", "peak_tmp_disk_mb", "left_in_tmp_mb", "winner_measured_ms")
     print(f"\n{'':22s}" + "".join(f"{f'{n} {k}':>14s}" for n in results for k in ("cold", "warm")))
     for row in rows:
-        print(f"{row:22s}" + "".join(f"{str(results[n][k].get(row)):>14s}" for n in results for k in ("cold", "warm")))
+        cells = (results[n][k].get(row) for n in results for k in ("cold", "warm"))
+        print(f"{row:22s}" + "".join(f"{f'{v:.2f}' if isinstance(v, float) else str(v):>14s}" for v in cells))
     if args.json:
         args.json.write_text(json.dumps(results, indent=1) + "\n")
 

@@ -10,8 +10,8 @@ Three layers, each fitted on measurements from the target (see `session` and `pl
   what the coefficients learn. Channels count as the device computes them:
   rounded up to the step its kernels work in (ONNX Runtime's NCHWc layout
   blocks channels by 16 on AVX-512, by 8 on AVX2), the step that predicts
-  held-out blocks best (on this 2-core AVX-512 host, 16: block CV 7.0% -> 4.5%,
-  held-out networks' MAPE 2.9% -> 2.4%);
+  held-out blocks best (on a 2-core AVX-512 VM, 16: block CV 7.4% -> 5.0%,
+  held-out networks' MAPE 2.6-3.0% -> 1.9-2.5%);
 - the sum over blocks is corrected, fitted on whole-network measurements: by a
   scale for a backbone (it absorbs fusion across blocks and per-run overhead),
   by `a * sum + b + c * lateral MACs` for a detector (the fixed-width neck and
