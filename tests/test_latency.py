@@ -13,7 +13,7 @@ import pytest
 import torch
 from scipy.optimize import nnls as scipy_nnls
 
-from cli_helpers import cli
+from cli_helpers import cli, run_cli
 from nets import TINY
 from maedet_deploy.errors import MaedetError
 from maedet_deploy.models import build_block
@@ -304,24 +304,30 @@ def test_session_profile_plan_is_deterministic_and_predicts(tmp_path):
 # ---- the CLI -------------------------------------------------------------------------------------------
 
 
-def test_budget_below_the_seed_is_one_line_naming_both(tmp_path, tiny_file):
-    result = cli("search", "--latency-ms", "0.001", "--init", tiny_file, *CLI_LATENCY,
-                 "--latency-cache", tmp_path / "c.sqlite", "--iterations", "10", "--out", tmp_path / "o")
-    assert result.returncode == 2 and "Traceback" not in result.stderr
-    line = result.stderr.strip()
+def test_budget_below_the_seed_is_one_line_naming_both(tmp_path, tiny_file, monkeypatch, capsys):
+    code, _, err = run_cli(monkeypatch, capsys, "search", "--latency-ms", "0.001", "--init", tiny_file, *CLI_LATENCY,
+                           "--latency-cache", tmp_path / "c.sqlite", "--iterations", "10", "--out", tmp_path / "o")
+    assert code == 2
+    line = err.strip()
     assert len(line.splitlines()) == 1
     assert "--latency-ms: the seed's measured latency" in line and "exceeds the budget 0.001 ms" in line
 
 
-def test_unreachable_backend_is_one_line(tmp_path, tiny_file):
-    result = cli("search", "--latency-ms", "5", "--backend", "tensorrt", "--init", tiny_file, *CLI_LATENCY,
-                 "--latency-cache", tmp_path / "c.sqlite", "--iterations", "10", "--out", tmp_path / "o")
-    assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1 and "TensorRT" in result.stderr
-    assert "maedet-deploy[tensorrt]" in result.stderr     # printed as text, not taken for rich markup
+def test_unreachable_backend_is_one_line(tmp_path, tiny_file, monkeypatch, capsys):
+    code, _, err = run_cli(monkeypatch, capsys, "search", "--latency-ms", "5", "--backend", "tensorrt", "--init",
+                           tiny_file, *CLI_LATENCY, "--latency-cache", tmp_path / "c.sqlite", "--iterations", "10",
+                           "--out", tmp_path / "o")
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1 and "TensorRT" in err
+    assert "maedet-deploy[tensorrt]" in err     # printed as text, not taken for rich markup
 
 
-def test_tiny_latency_search_winner_measures_within_budget_and_warm_cache_repeats(tmp_path, tiny_file):
+def test_tiny_latency_search_winner_measures_within_budget_and_warm_cache_repeats(tmp_path, tiny_file, monkeypatch,
+                                                                                  capsys):
+    def search(*extra) -> None:
+        code, out, err = run_cli(monkeypatch, capsys, *extra)
+        assert code == 0, out + err
+
     cache = tmp_path / "c.sqlite"
     measurer = open_measurer(TARGET, str(cache), TimingSettings(patience=0.0, round_s=ROUND_S))
     seed_ms = measurer.networks([TINY], SIZE, "backbone")[0]
@@ -329,8 +335,7 @@ def test_tiny_latency_search_winner_measures_within_budget_and_warm_cache_repeat
     budget = f"{2 * seed_ms:.4f}"
     args = ["search", "--latency-ms", budget, "--init", tiny_file, *CLI_LATENCY, "--latency-cache", cache,
             "--iterations", "1280", "--population", "8", "--latency-check-every", "2", "--verify-top", "3"]
-    first = cli(*args, "--out", tmp_path / "a")
-    assert first.returncode == 0, first.stdout + first.stderr
+    search(*args, "--out", tmp_path / "a")
     report = json.loads((tmp_path / "a" / "report.json").read_text())["latency"]
     winner = load_structure(tmp_path / "a" / "best_structure.json")
     entry = LatencyCache(cache, report["device"]["fingerprint_id"], {}, TARGET.cache_key()).get(
@@ -350,8 +355,7 @@ def test_tiny_latency_search_winner_measures_within_budget_and_warm_cache_repeat
     # A warm cache: only measurements that never got quiet visits are measured again; with none of
     # those, nothing is, and workers (rebuilt after every guard check) change nothing.
     stale = contended_rows(cache)
-    second = cli(*args, "--workers", "2", "--out", tmp_path / "b")
-    assert second.returncode == 0, second.stdout + second.stderr
+    search(*args, "--workers", "2", "--out", tmp_path / "b")
     warm = json.loads((tmp_path / "b" / "report.json").read_text())["latency"]["measurements"]
     assert warm["remeasured"] == stale and warm["cached"] > 0
     if not stale:
@@ -360,11 +364,9 @@ def test_tiny_latency_search_winner_measures_within_budget_and_warm_cache_repeat
     # Resuming replays the guard's checks from the checkpoint: it ends where an uninterrupted run does
     # (when every run read the same final measurements).
     longer = [*args[:args.index("--iterations")], "--iterations", "2048", *args[args.index("--iterations") + 2:]]
-    resumed = cli(*longer, "--out", tmp_path / "a", "--resume")
-    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    search(*longer, "--out", tmp_path / "a", "--resume")
     stale += contended_rows(cache)
-    straight = cli(*longer, "--out", tmp_path / "c")
-    assert straight.returncode == 0, straight.stdout + straight.stderr
+    search(*longer, "--out", tmp_path / "c")
     checks = lambda out: json.loads((out / "report.json").read_text())["latency"]["guard"]["checks"]
     assert checks(tmp_path / "a") >= 3 and checks(tmp_path / "c") >= 3
     if not stale:
