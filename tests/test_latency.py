@@ -23,9 +23,12 @@ from maedet_deploy.search.requests import yardstick_requests
 from maedet_deploy.search.window import balanced
 from maedet_deploy.search.predictor import FEATURES, block_features, build_predictor, computed_as, nnls
 from maedet_deploy.search.session import LatencySession
-from maedet_deploy.search.verify import pareto_front
+from maedet_deploy.search.evolution import SearchSettings, SearchState
+from maedet_deploy.search.guard import LatencyBudget
+from maedet_deploy.search.population import Member, Population
+from maedet_deploy.search.verify import pareto_front, verify_top
 from maedet_deploy.structure import K1DWK1, K1KXK1, KXKX, STEM, Block, Structure, load_structure
-from maedet_deploy.structure.cost import block_inputs
+from maedet_deploy.structure.cost import block_inputs, compute_cost
 
 SIZE = (64, 64)
 FAST = TimingSettings(visits=2, round_s=0.01, min_iterations=3, patience=0.0)
@@ -272,6 +275,30 @@ def test_correction_is_fitted_and_measured_networks_are_exact():
     fitted = base.with_correction([(s, 1.1 * base.raw_ms(s)) for s in networks])
     assert fitted.correction == pytest.approx((1.1,), rel=1e-6)
     assert fitted.predict(other) == pytest.approx(1.1 * base.raw_ms(other))
+
+
+def test_verification_goes_down_to_the_seed_when_no_top_candidate_fits(tmp_path):
+    """Candidates the predictor put within the budget but that measure over it leave the population;
+    the search still ends with a measured winner within the budget (here the seed itself)."""
+    measurer = open_measurer(TARGET, str(tmp_path / "c.sqlite"), FAST)
+    session = LatencySession(measurer, "k1kxk1", TINY, SIZE, "backbone", walks=2)
+    predictor = session.prepare()
+    seed_ms = predictor.predict(TINY)
+    wide = [Structure(tuple(replace(b, cout=b.cout * f, cin=b.cin if i == 0 else b.cin * f, btn=b.btn * f)
+                            for i, b in enumerate(TINY.blocks))) for f in (4, 8)]
+    population = Population(4)
+    for seq, structure in enumerate(wide, 1):
+        cost = compute_cost(structure, SIZE)
+        population.offer(Member(1000.0 + seq, seq, structure, cost.params, cost.flops, cost.layers))
+    state = SearchState(SearchSettings(image_size=SIZE), TINY, population)
+    budget = LatencyBudget(seed_ms * 1.001, replace(predictor, correction=(0.01,)))   # far too optimistic
+    verification = verify_top(state, budget, session, top=1)
+    # The best measures over; the rest go with it once the predictor is refitted on it, down to the seed.
+    assert verification.rows[0].structure == wide[1] and verification.rows[-1].structure == TINY
+    assert [row.within_budget for row in verification.rows] == [False] * (len(verification.rows) - 1) + [True]
+    assert verification.winner.structure == TINY and verification.winner.measured_ms == seed_ms
+    assert [m.structure for m in state.population.members] == [TINY]
+    measurer.close()
 
 
 def test_pareto_front():
