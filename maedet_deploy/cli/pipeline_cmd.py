@@ -79,8 +79,7 @@ def pipeline(
         init=init, baseline=baseline, num_classes=num_classes, images=images, method=method, num_images=num_images,
         holdout=holdout, float_macs=float_macs, bench_seconds=bench_seconds, latency_cache=latency_cache,
         threads=threads, quiet_wait=quiet_wait, round_s=round_s, verify_top=verify_top,
-        latency_check_every=latency_check_every,
-        profile_walks=profile_walks, farm=farm, device=device)
+        latency_check_every=latency_check_every, profile_walks=profile_walks, farm=farm, device=device)
     result = run_pipeline(settings, log=lambda line: console.print(f"[bold]stage[/] {line}", highlight=False),
                           search_runner=run_with_progress, reproduce=reproduce_commands)
     _print_result(result.summary, result.report)
