@@ -25,8 +25,7 @@ search workers.
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Sequence
 
 import numpy as np
@@ -86,7 +85,7 @@ def computed_as(block: Block, step: int) -> Block:
     if step == 1:
         return block
     cin = block.cin if block.kind == STEM else _round_up(block.cin, step)
-    return dataclasses.replace(block, cin=cin, cout=_round_up(block.cout, step), btn=_round_up(block.btn, step))
+    return replace(block, cin=cin, cout=_round_up(block.cout, step), btn=_round_up(block.btn, step))
 
 
 def block_features(block: Block, height: int, width: int, batch: int = 1, channel_step: int = 1) -> np.ndarray:
