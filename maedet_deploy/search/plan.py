@@ -9,7 +9,8 @@ differently in the two: on a 2-core CPU the block regression fitted on the
 blocks of random networks around the seed over-predicted the blocks of walks by
 6% (fitted on walks' blocks: 1%), and on 50 held-out walks the seed + 12 walks
 (77 measurements) predicted better (MAPE 2.4%) than the blocks of 24 random
-networks and 8 walks with 13 networks whole (184 measurements, 3.5%).
+networks and 8 walks with 13 networks whole (184 measurements, 3.5%), with the
+predictor as it was before the yardsticks and the channel step.
 Seeded, so every search and `profile` with the same arguments ask for the same
 measurements.
 """
